@@ -1,0 +1,13 @@
+/*
+ * commands.h - the ergo subcommands. Each lives in src/cli/cmd_<verb>.c, parses
+ * its own options, prints one clear line on failure and returns the process
+ * exit status (0 ok, 1 failure, 2 usage error).
+ */
+#ifndef ERGO_COMMANDS_H
+#define ERGO_COMMANDS_H
+
+int cmd_tokenize(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_preprocess(int argc, char **argv);
+
+#endif
