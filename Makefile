@@ -34,78 +34,83 @@ CFLAGS_ASAN    := $(BASEFLAGS) -O1 -g -fsanitize=address,undefined -fno-sanitize
                   -fno-omit-frame-pointer
 LDLIBS  := $(PKG_LIBS) -lm -fopenmp
 
-# Library sources: everything under src/ except the CLI and the libFuzzer mains.
-LIB_SRC   := $(sort $(filter-out src/cli/%,$(wildcard src/*/*.c)))
+# BUILD, MODULES and TESTS let one developer build a subset in a separate folder
+# while other modules are being written, e.g.
+#   make BUILD=build/tok MODULES="base tokenizer" TESTS="tests/test_tokenizer.c" build/tok/ergo_tests
+BUILD     ?= build
+MODULES   ?= $(filter-out cli,$(notdir $(wildcard src/*)))
+LIB_SRC   := $(sort $(foreach m,$(MODULES),$(wildcard src/$(m)/*.c)))
 CLI_SRC   := $(sort $(wildcard src/cli/*.c))
-TEST_SRC  := $(sort $(wildcard tests/test_*.c))
+TESTS     ?= $(wildcard tests/test_*.c)
+TEST_SRC  := $(sort $(TESTS))
 SUITES    := $(patsubst tests/test_%.c,%,$(TEST_SRC))
 FUZZ_SRC  := $(sort $(wildcard fuzz/fuzz_*.c))
-FUZZ_BINS := $(patsubst fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+FUZZ_BINS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 20
 
 HEADERS   := $(wildcard src/*/*.h) tests/check.h
 
 .PHONY: all test asan fuzz fuzz-smoke check deps clean
-all: build/ergo
+all: $(BUILD)/ergo
 
-build/release/%.o: %.c $(HEADERS)
+$(BUILD)/release/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_RELEASE) -c $< -o $@
 
-build/asan/%.o: %.c $(HEADERS)
+$(BUILD)/asan/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ASAN) -c $< -o $@
 
-build/libergo.a: $(patsubst %.c,build/release/%.o,$(LIB_SRC))
+$(BUILD)/libergo.a: $(patsubst %.c,$(BUILD)/release/%.o,$(LIB_SRC))
 	@rm -f $@
 	ar rcs $@ $^
 
-build/ergo: $(patsubst %.c,build/release/%.o,$(CLI_SRC)) build/libergo.a
+$(BUILD)/ergo: $(patsubst %.c,$(BUILD)/release/%.o,$(CLI_SRC)) $(BUILD)/libergo.a
 	$(CC) $(CFLAGS_RELEASE) $^ $(LDLIBS) -o $@
 
 # The runner's suite table comes from the test file names.
-build/suites.h: $(TEST_SRC)
-	@mkdir -p build
+$(BUILD)/suites.h: $(TEST_SRC)
+	@mkdir -p $(BUILD)
 	@printf '$(foreach s,$(SUITES),SUITE($(s))\n)' | sed 's/^ //' > $@.tmp
 	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
 
-build/release/tests/runner.o build/asan/tests/runner.o: build/suites.h
-build/release/tests/%.o: CFLAGS_RELEASE += -Ibuild -Itests
-build/asan/tests/%.o: CFLAGS_ASAN += -Ibuild -Itests
+$(BUILD)/release/tests/runner.o $(BUILD)/asan/tests/runner.o: $(BUILD)/suites.h
+$(BUILD)/release/tests/%.o: CFLAGS_RELEASE += -I$(BUILD) -Itests
+$(BUILD)/asan/tests/%.o: CFLAGS_ASAN += -I$(BUILD) -Itests
 
-build/ergo_tests: $(patsubst %.c,build/release/%.o,$(TEST_SRC) tests/runner.c) build/libergo.a
+$(BUILD)/ergo_tests: $(patsubst %.c,$(BUILD)/release/%.o,$(TEST_SRC) tests/runner.c) $(BUILD)/libergo.a
 	$(CC) $(CFLAGS_RELEASE) $^ $(LDLIBS) -o $@
 
-build/asan/ergo_tests: $(patsubst %.c,build/asan/%.o,$(TEST_SRC) tests/runner.c $(LIB_SRC))
+$(BUILD)/asan/ergo_tests: $(patsubst %.c,$(BUILD)/asan/%.o,$(TEST_SRC) tests/runner.c $(LIB_SRC))
 	$(CC) $(CFLAGS_ASAN) $^ $(LDLIBS) -o $@
 
-build/asan/ergo: $(patsubst %.c,build/asan/%.o,$(CLI_SRC) $(LIB_SRC))
+$(BUILD)/asan/ergo: $(patsubst %.c,$(BUILD)/asan/%.o,$(CLI_SRC) $(LIB_SRC))
 	$(CC) $(CFLAGS_ASAN) $^ $(LDLIBS) -o $@
 
 # Tests that run the CLI find it through ERGO_BIN.
-test: build/ergo_tests build/ergo
-	ERGO_BIN=build/ergo ./build/ergo_tests $(T)
+test: $(BUILD)/ergo_tests $(BUILD)/ergo
+	ERGO_BIN=$(BUILD)/ergo ./$(BUILD)/ergo_tests $(T)
 
-asan: build/asan/ergo_tests build/asan/ergo
+asan: $(BUILD)/asan/ergo_tests $(BUILD)/asan/ergo
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	ERGO_BIN=build/asan/ergo ./build/asan/ergo_tests $(T)
+	ERGO_BIN=$(BUILD)/asan/ergo ./$(BUILD)/asan/ergo_tests $(T)
 
 # libFuzzer targets: clang only. Each fuzz/fuzz_<name>.c calls the library's entry point.
 FUZZ_FLAGS := $(filter-out -fopenmp $(WARN),$(BASEFLAGS)) -O1 -g -fsanitize=fuzzer,address,undefined
-build/fuzz/%: fuzz/%.c $(LIB_SRC) $(HEADERS)
-	@mkdir -p build/fuzz
+$(BUILD)/fuzz/%: fuzz/%.c $(LIB_SRC) $(HEADERS)
+	@mkdir -p $(BUILD)/fuzz
 	$(CLANG) $(FUZZ_FLAGS) -fopenmp $< $(LIB_SRC) $(PKG_LIBS) -lm -o $@
 
 fuzz: $(FUZZ_BINS)
 
 fuzz-smoke: $(FUZZ_BINS)
 	@for b in $(FUZZ_BINS); do \
-	  n=$$(basename $$b | sed 's/^fuzz_//'); mkdir -p build/fuzz/corpus-$$n; \
+	  n=$$(basename $$b | sed 's/^fuzz_//'); mkdir -p $(BUILD)/fuzz/corpus-$$n; \
 	  echo "fuzz $$n: $(FUZZ_SECONDS) s"; \
 	  $$b -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
-	      -print_final_stats=0 build/fuzz/corpus-$$n tests/fuzz_corpus/$$n 2>build/fuzz/$$n.log \
-	    || { tail -40 build/fuzz/$$n.log; exit 1; }; \
-	  grep -E '^#[0-9]+.*DONE' build/fuzz/$$n.log | tail -1; \
+	      -print_final_stats=0 $(BUILD)/fuzz/corpus-$$n tests/fuzz_corpus/$$n 2>$(BUILD)/fuzz/$$n.log \
+	    || { tail -40 $(BUILD)/fuzz/$$n.log; exit 1; }; \
+	  grep -E '^#[0-9]+.*DONE' $(BUILD)/fuzz/$$n.log | tail -1; \
 	done
 
 check: fuzz-smoke test asan
@@ -115,4 +120,4 @@ deps:
 	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEPS_DEBIAN)
 
 clean:
-	rm -rf build
+	rm -rf $(BUILD)
