@@ -55,11 +55,13 @@ all: $(BUILD)/ergo
 
 $(BUILD)/release/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_RELEASE) -c $< -o $@
+	@echo "CC $<"
+	@$(CC) $(CFLAGS_RELEASE) -c $< -o $@
 
 $(BUILD)/asan/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ASAN) -c $< -o $@
+	@echo "CC (asan) $<"
+	@$(CC) $(CFLAGS_ASAN) -c $< -o $@
 
 $(BUILD)/libergo.a: $(patsubst %.c,$(BUILD)/release/%.o,$(LIB_SRC))
 	@rm -f $@

@@ -44,6 +44,9 @@ static void test_error_messages(void) {
               strstr(err.msg, "missing"),
           "missing key: %s", err.msg);
     json_decref(j);
+    ergo_fail(&err, ERGO_E_FORMAT, "bad header");
+    ergo_error_prefix(&err, "%s: ", "model.safetensors");
+    CHECK_EQ_STR(err.msg, "model.safetensors: bad header", "error prefix");
 }
 
 static void test_read_write(void) {

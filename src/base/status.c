@@ -21,9 +21,13 @@ void ergo_error_prefix(ergo_error *err, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    char old[sizeof err->msg];
-    memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s%s", prefix, old);
+    /* Shift the old message right and put the prefix in front, truncating the tail. */
+    size_t cap = sizeof err->msg - 1, pl = strlen(prefix), ol = strnlen(err->msg, cap);
+    if (pl > cap) pl = cap;
+    if (pl + ol > cap) ol = cap - pl;
+    memmove(err->msg + pl, err->msg, ol);
+    memcpy(err->msg, prefix, pl);
+    err->msg[pl + ol] = '\0';
 }
 
 const char *ergo_status_name(ergo_status code) {

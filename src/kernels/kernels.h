@@ -1,0 +1,72 @@
+/*
+ * kernels.h - the numeric kernels and the table that picks their instruction set.
+ *
+ * Every kernel exists as <op>_ref (plain C, the definition of correct), and
+ * where it pays, <op>_avx2 and <op>_avx512 beside it in the same file, with the
+ * same signature (outputs first, then inputs, then sizes). kernels_init() fills
+ * the `kern` table once from what the CPU and OS support; ERGO_ISA=ref|avx2|avx512
+ * forces a path (an unsupported one is refused, not emulated). One binary runs
+ * on any x86-64: the SIMD functions carry target attributes, nothing is built
+ * with -march.
+ *
+ * Exactness rules:
+ *   - f32 kernels differ from _ref only by summation order (tests bound the error
+ *     relative to the sum of |terms|);
+ *   - conversions (bf16/f16 -> f32) are exact and must be bit-identical.
+ *
+ *   kernels_init(NULL);                 // once, at start-up
+ *   float d = kern.dot_f32(a, b, n);
+ */
+#ifndef ERGO_KERNELS_H
+#define ERGO_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/status.h"
+
+typedef enum cpu_isa { ISA_REF = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 } cpu_isa;
+
+typedef struct kernel_table {
+    cpu_isa isa;
+    /* sum_i a[i]*b[i] over n floats */
+    float (*dot_f32)(const float *a, const float *b, size_t n);
+    /* out[i] = f32(in[i]) for n bf16 values (raw uint16 bits) */
+    void (*bf16_to_f32)(float *out, const uint16_t *in, size_t n);
+    /* out[i] = f32(in[i]) for n IEEE half values (raw uint16 bits) */
+    void (*f16_to_f32)(float *out, const uint16_t *in, size_t n);
+} kernel_table;
+
+extern kernel_table kern;
+
+/* The best ISA this CPU and OS support (XCR0 checked by the compiler's detection). */
+cpu_isa cpu_best_isa(void);
+const char *cpu_isa_name(cpu_isa isa);
+
+/* Fills `kern` for the requested ISA, or for ERGO_ISA / the best one when
+ * `requested` is NULL. Fails on an unknown name or an ISA this CPU lacks. */
+ergo_status kernels_init(const char *requested, ergo_error *err);
+
+/* Fills a table for one ISA (tests compare every ISA with ISA_REF). */
+void kernels_table_for(kernel_table *t, cpu_isa isa);
+
+/* ---- per-ISA implementations (exported for tests) ---- */
+float dot_f32_ref(const float *a, const float *b, size_t n);
+float dot_f32_avx2(const float *a, const float *b, size_t n);
+float dot_f32_avx512(const float *a, const float *b, size_t n);
+
+void bf16_to_f32_ref(float *out, const uint16_t *in, size_t n);
+void bf16_to_f32_avx2(float *out, const uint16_t *in, size_t n);
+void bf16_to_f32_avx512(float *out, const uint16_t *in, size_t n);
+
+void f16_to_f32_ref(float *out, const uint16_t *in, size_t n);
+void f16_to_f32_avx2(float *out, const uint16_t *in, size_t n);
+void f16_to_f32_avx512(float *out, const uint16_t *in, size_t n);
+
+/* Scalar conversions, exact. f32_to_bf16 rounds to nearest even like torch. */
+float bf16_to_f32_one(uint16_t h);
+uint16_t f32_to_bf16_one(float f);
+float f16_to_f32_one(uint16_t h);
+uint16_t f32_to_f16_one(float f);
+
+#endif

@@ -1,0 +1,119 @@
+/* Tests of src/kernels: every ISA this CPU has against the scalar reference,
+ * sizes straddling the vector widths, guard values after every output. */
+#include <stdlib.h>
+
+#include "base/rng.h"
+#include "check.h"
+#include "kernels/kernels.h"
+
+static const size_t sizes[] = {0,  1,  2,  3,  7,   8,   15,  16,   17,   31,   32,  33,
+                               63, 64, 65, 80, 127, 128, 129, 1023, 1280, 3420, 3584};
+#define N_SIZES (sizeof sizes / sizeof sizes[0])
+#define GUARD 16
+static const float guard_value = -12345.678f;
+
+static void fill(float *x, size_t n, uint64_t seed, float scale) {
+    for (size_t i = 0; i < n; i++) x[i] = rng_uniform(seed, i) * scale;
+}
+
+static void test_isa_selection(void) {
+    ergo_error err = {0};
+    CHECK(kernels_init("bogus", &err) == ERGO_E_ARG && strstr(err.msg, "bogus"),
+          "unknown ISA refused: %s", err.msg);
+    CHECK(kernels_init("ref", &err) == ERGO_OK && kern.isa == ISA_REF, "ref forced");
+    if (cpu_best_isa() < ISA_AVX512)
+        CHECK(kernels_init("avx512", &err) == ERGO_E_UNSUPPORTED, "avx512 refused on this CPU");
+    CHECK(kernels_init(NULL, &err) == ERGO_OK, "default");
+}
+
+static void test_dot(cpu_isa isa) {
+    kernel_table t;
+    kernels_table_for(&t, isa);
+    float *a = malloc(4096 * sizeof *a), *b = malloc(4096 * sizeof *b);
+    for (size_t s = 0; s < N_SIZES; s++) {
+        size_t n = sizes[s];
+        for (int big = 0; big < 2; big++) {
+            float scale = big ? 3.0e4f : 1.0f; /* large-magnitude set */
+            fill(a, n, 11 + n, scale);
+            fill(b, n, 97 + n, scale);
+            float want = dot_f32_ref(a, b, n), got = t.dot_f32(a, b, n);
+            double abs_sum = 0;
+            for (size_t i = 0; i < n; i++) abs_sum += fabs((double)a[i] * (double)b[i]);
+            double bound = 2.0 * (double)n * 1.2e-7 * abs_sum + 1e-30;
+            CHECK(fabs((double)got - (double)want) <= bound,
+                  "dot_f32 %s n=%zu scale=%g: got %.9g want %.9g (bound %.3g)", cpu_isa_name(isa),
+                  n, (double)scale, (double)got, (double)want, bound);
+        }
+    }
+    free(a);
+    free(b);
+}
+
+static void test_conversions(cpu_isa isa) {
+    kernel_table t;
+    kernels_table_for(&t, isa);
+    size_t max_n = 4096;
+    uint16_t *in = malloc(max_n * sizeof *in);
+    float *want = malloc((max_n + GUARD) * sizeof *want), *got = malloc((max_n + GUARD) * sizeof *got);
+    for (int which = 0; which < 2; which++) {
+        for (size_t s = 0; s < N_SIZES; s++) {
+            size_t n = sizes[s];
+            /* random bit patterns cover normals, subnormals, inf and NaN */
+            for (size_t i = 0; i < n; i++) in[i] = (uint16_t)rng_u64(5 + n, i);
+            for (size_t i = 0; i < n + GUARD; i++) got[i] = guard_value;
+            if (which == 0) {
+                bf16_to_f32_ref(want, in, n);
+                t.bf16_to_f32(got, in, n);
+            } else {
+                f16_to_f32_ref(want, in, n);
+                t.f16_to_f32(got, in, n);
+            }
+            CHECK(memcmp(got, want, n * sizeof(float)) == 0, "%s %s n=%zu: not bit-identical",
+                  which ? "f16_to_f32" : "bf16_to_f32", cpu_isa_name(isa), n);
+            int guard_ok = 1;
+            for (size_t i = n; i < n + GUARD; i++) guard_ok &= got[i] == guard_value;
+            CHECK(guard_ok, "%s %s n=%zu: wrote past the output",
+                  which ? "f16_to_f32" : "bf16_to_f32", cpu_isa_name(isa), n);
+        }
+    }
+    free(in);
+    free(want);
+    free(got);
+}
+
+/* The scalar conversions against values whose encodings are known. */
+static void test_scalar_conversions(void) {
+    CHECK(f32_to_bf16_one(1.0f) == 0x3f80, "bf16(1)");
+    CHECK(f32_to_bf16_one(1.00390625f) == 0x3f80, "bf16 tie to even (down)");
+    CHECK(f32_to_bf16_one(1.01171875f) == 0x3f82, "bf16 tie to even (up)");
+    CHECK(f32_to_bf16_one(-2.5f) == 0xc020, "bf16(-2.5)");
+    CHECK(f32_to_f16_one(1.0f) == 0x3c00, "f16(1)");
+    CHECK(f32_to_f16_one(65504.0f) == 0x7bff, "f16(max)");
+    CHECK(f32_to_f16_one(65520.0f) == 0x7c00, "f16 overflow tie to inf");
+    CHECK(f32_to_f16_one(5.9604645e-8f) == 0x0001, "f16 smallest subnormal");
+    CHECK(f32_to_f16_one(1.0009765625f) == 0x3c01, "f16 1+2^-10");
+    CHECK(f32_to_f16_one(1.00048828125f) == 0x3c00, "f16 tie to even");
+    /* round trip of every f16 that is not NaN */
+    int ok = 1;
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;
+        ok &= f32_to_f16_one(f16_to_f32_one((uint16_t)h)) == h;
+    }
+    CHECK(ok, "f16 -> f32 -> f16 round trip");
+    ok = 1;
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        if ((h & 0x7f80) == 0x7f80 && (h & 0x7f)) continue;
+        ok &= f32_to_bf16_one(bf16_to_f32_one((uint16_t)h)) == h;
+    }
+    CHECK(ok, "bf16 -> f32 -> bf16 round trip");
+}
+
+void test_kernels(void) {
+    test_isa_selection();
+    test_scalar_conversions();
+    for (int isa = ISA_REF; isa <= (int)cpu_best_isa(); isa++) {
+        test_dot((cpu_isa)isa);
+        test_conversions((cpu_isa)isa);
+    }
+    if (cpu_best_isa() < ISA_AVX512) SKIP("this CPU has no AVX-512: those paths were not run");
+}
