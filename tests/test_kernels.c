@@ -2,6 +2,7 @@
  * sizes straddling the vector widths, guard values after every output. */
 #include <stdlib.h>
 
+#include "base/half.h"
 #include "base/rng.h"
 #include "check.h"
 #include "kernels/kernels.h"
@@ -93,6 +94,12 @@ static void test_scalar_conversions(void) {
     CHECK(f32_to_f16_one(5.9604645e-8f) == 0x0001, "f16 smallest subnormal");
     CHECK(f32_to_f16_one(1.0009765625f) == 0x3c01, "f16 1+2^-10");
     CHECK(f32_to_f16_one(1.00048828125f) == 0x3c00, "f16 tie to even");
+    CHECK(f32_to_f16_one(2.98023223876953125e-08f) == 0x0000, "f16 half the smallest: tie to 0");
+    CHECK(f32_to_f16_one(-6.103515625e-05f) == 0x8400, "f16 smallest normal, negative");
+    uint32_t above_tie_bits = 0x3F808001u; /* one ulp above halfway between 0x3F80 and 0x3F81 */
+    float above_tie;
+    memcpy(&above_tie, &above_tie_bits, 4);
+    CHECK(f32_to_bf16_one(above_tie) == 0x3f81, "bf16 just above a tie");
     /* round trip of every f16 that is not NaN */
     int ok = 1;
     for (uint32_t h = 0; h < 0x10000; h++) {

@@ -16,6 +16,7 @@ static const command commands[] = {
     {"tokenize", cmd_tokenize, "print the token ids of a text as a JSON array"},
     {"inspect", cmd_inspect, "print the architecture of a checkpoint directory"},
     {"preprocess", cmd_preprocess, "resize, normalise and patchify an image as the reference does"},
+    {"make-checkpoint", cmd_make_checkpoint, "write a random test/benchmark checkpoint from a seed"},
 };
 
 static void usage(FILE *out) {

@@ -63,10 +63,5 @@ void f16_to_f32_ref(float *out, const uint16_t *in, size_t n);
 void f16_to_f32_avx2(float *out, const uint16_t *in, size_t n);
 void f16_to_f32_avx512(float *out, const uint16_t *in, size_t n);
 
-/* Scalar conversions, exact. f32_to_bf16 rounds to nearest even like torch. */
-float bf16_to_f32_one(uint16_t h);
-uint16_t f32_to_bf16_one(float f);
-float f16_to_f32_one(uint16_t h);
-uint16_t f32_to_f16_one(float f);
 
 #endif
