@@ -16,9 +16,9 @@
 
 CC      ?= cc
 CLANG   ?= clang
-PKGS    := jansson libpcre2-8 libutf8proc libjpeg libpng
+PKGS    := jansson libpcre2-8 libutf8proc libjpeg libpng nettle
 DEPS_DEBIAN := build-essential pkg-config clang libclang-rt-14-dev \
-               libjansson-dev libpcre2-dev libutf8proc-dev libjpeg62-turbo-dev libpng-dev
+               libjansson-dev libpcre2-dev libutf8proc-dev libjpeg62-turbo-dev libpng-dev nettle-dev
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
