@@ -17,6 +17,7 @@ static const command commands[] = {
     {"inspect", cmd_inspect, "print the architecture of a checkpoint directory"},
     {"preprocess", cmd_preprocess, "resize, normalise and patchify an image as the reference does"},
     {"make-checkpoint", cmd_make_checkpoint, "write a random test/benchmark checkpoint from a seed"},
+    {"bench", cmd_bench, "time the input side (tokenizer, image pre-processing)"},
 };
 
 static void usage(FILE *out) {
