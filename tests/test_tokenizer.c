@@ -1,0 +1,596 @@
+/*
+ * test_tokenizer.c - the tokenizer against the reference (tokenizers 0.22.1 /
+ * transformers 4.56.2), fixtures from tools/fixtures_tokenizer.py:
+ *   encode.json     ids of ~130 texts with the real Qwen2.5-VL tokenizer.json, and
+ *                   the same with its merges rewritten as "a b" strings (scratch dir)
+ *   decode.json     decode with/without skip_special_tokens, cut multi-byte characters;
+ *                   the streaming decoder must give the same text in complete characters
+ *   normalize.json  NFC
+ *   variants.json   small tokenizer.json files using the options Qwen does not
+ *                   (added-token flags, byte fallback, unk, ignore_merges, ...)
+ * plus refusals with their messages, the CLI (ERGO_BIN) and the fuzz corpus replay.
+ */
+#include <dirent.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <utf8proc.h>
+
+#include "base/file.h"
+#include "check.h"
+#include "tokenizer/normalize.h"
+#include "tokenizer/pretokenize.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_fuzz.h"
+#include "tokenizer/unicode_tables.h"
+#include "tokenizer/utf8.h"
+
+#define ASSETS "assets/qwen2.5-vl-tokenizer"
+
+static double now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+/* Fixture JSON: texts may hold U+0000, which jansson refuses by default. */
+static json_t *load_fixture(const char *name) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizer/%s", fixtures_dir(), name);
+    json_error_t je;
+    json_t *j = json_load_file(path, JSON_ALLOW_NUL, &je);
+    CHECK(j != NULL, "%s: %s (line %d) - run tools/fixtures_tokenizer.py", path, je.text, je.line);
+    return j;
+}
+
+static int ids_from_json(const json_t *arr, tok_ids *out) {
+    out->n = 0;
+    size_t i;
+    const json_t *v;
+    ergo_error err;
+    json_array_foreach(arr, i, v) if (tok_ids_push(out, (int32_t)json_integer_value(v), &err)) return 0;
+    return 1;
+}
+
+static void check_text(const char *got, size_t got_n, const json_t *want, const char *label) {
+    const char *w = json_string_value(want);
+    size_t wn = json_string_length(want);
+    size_t i = 0;
+    while (i < got_n && i < wn && got[i] == w[i]) i++;
+    CHECK(got_n == wn && i == wn, "%s: text differs at byte %zu (lengths %zu, want %zu)", label, i,
+          got_n, wn);
+}
+
+/* Encodes every fixture text; returns the number of bytes encoded. */
+static size_t check_encode_corpus(const tokenizer *tok, const json_t *cases, const char *label) {
+    size_t i, bytes = 0;
+    const json_t *c;
+    tok_ids want = {0}, got = {0};
+    json_array_foreach(cases, i, c) {
+        const json_t *text = json_object_get(c, "text");
+        ergo_error err = {0};
+        char name[160];
+        snprintf(name, sizeof name, "%s %s", label, json_string_value(json_object_get(c, "name")));
+        got.n = 0;
+        ergo_status st = tokenizer_encode(tok, json_string_value(text), json_string_length(text), &got, &err);
+        CHECK(st == ERGO_OK, "%s: %s", name, err.msg);
+        ids_from_json(json_object_get(c, "ids"), &want);
+        CHECK_EQ_I32(got.v, got.n, want.v, want.n, name);
+        bytes += json_string_length(text);
+    }
+    tok_ids_free(&want);
+    tok_ids_free(&got);
+    return bytes;
+}
+
+/* One-shot decode against the fixture, and streaming against one-shot. */
+static void check_decode_case(const tokenizer *tok, const int32_t *ids, size_t n, int skip,
+                              const json_t *want, const char *label) {
+    ergo_error err = {0};
+    tok_text one = {0}, streamed = {0};
+    ergo_status st = tokenizer_decode(tok, ids, n, skip, &one, &err);
+    CHECK(st == ERGO_OK, "%s: %s", label, err.msg);
+    if (want) check_text(one.s, one.n, want, label);
+    tokenizer_stream s;
+    tokenizer_stream_init(&s, tok, skip);
+    int complete = 1;
+    for (size_t i = 0; i < n; i++) {
+        size_t before = streamed.n;
+        st = tokenizer_stream_push(&s, ids[i], &streamed, &err);
+        CHECK(st == ERGO_OK, "%s: stream push %zu: %s", label, i, err.msg);
+        complete &= utf8_first_invalid((const uint8_t *)streamed.s + before, streamed.n - before) ==
+                    streamed.n - before;
+    }
+    tokenizer_stream_finish(&s, &streamed, &err);
+    CHECK(complete, "%s: the stream emitted a partial character", label);
+    CHECK(streamed.n == one.n && (one.n == 0 || memcmp(streamed.s, one.s, one.n) == 0),
+          "%s: streamed text (%zu bytes) differs from one-shot decode (%zu bytes)", label,
+          streamed.n, one.n);
+    tok_text_free(&one);
+    tok_text_free(&streamed);
+}
+
+static void check_decode_cases(const tokenizer *tok, const json_t *cases, const char *label) {
+    size_t i;
+    const json_t *c;
+    tok_ids ids = {0};
+    json_array_foreach(cases, i, c) {
+        char name[160];
+        const json_t *nm = json_object_get(c, "name");
+        snprintf(name, sizeof name, "%s decode %s%zu", label, nm ? json_string_value(nm) : "#", i);
+        ids_from_json(json_object_get(c, "ids"), &ids);
+        check_decode_case(tok, ids.v, ids.n, json_is_true(json_object_get(c, "skip_special")),
+                          json_object_get(c, "text"), name);
+    }
+    tok_ids_free(&ids);
+}
+
+/* ---------------------------------------------------------------- the real tokenizer */
+
+/* Writes the Qwen tokenizer.json with its merges as legacy "a b" strings. */
+static int write_string_merges(const char *path) {
+    json_error_t je;
+    json_t *root = json_load_file(ASSETS "/tokenizer.json", 0, &je);
+    if (!root) return 0;
+    json_t *merges = json_object_get(json_object_get(root, "model"), "merges");
+    size_t i;
+    json_t *m;
+    int ok = json_is_array(merges);
+    json_array_foreach(merges, i, m) {
+        const char *a = json_string_value(json_array_get(m, 0)), *b = json_string_value(json_array_get(m, 1));
+        if (!a || !b) {
+            ok = 0;
+            break;
+        }
+        char *s = malloc(strlen(a) + strlen(b) + 2);
+        sprintf(s, "%s %s", a, b);
+        json_array_set_new(merges, i, json_string(s));
+        free(s);
+    }
+    ok = ok && json_dump_file(root, path, JSON_COMPACT) == 0;
+    json_decref(root);
+    return ok;
+}
+
+static void test_real_tokenizer(const json_t *encode, const json_t *decode) {
+    ergo_error err = {0};
+    tokenizer *tok = NULL;
+    double t0 = now_ms();
+    ergo_status st = tokenizer_load(&tok, ASSETS, &err);
+    double t_load = now_ms() - t0;
+    CHECK(st == ERGO_OK, "load: %s", err.msg);
+    if (st != ERGO_OK) return;
+    CHECK_EQ_INT(tokenizer_n_ids(tok), 151665, "ids");
+    CHECK_EQ_INT(tokenizer_token_id(tok, "<|image_pad|>", 13), 151655, "<|image_pad|> id");
+    CHECK_EQ_INT(tokenizer_token_id(tok, "\xc4\xa0", 2), 220, "byte-level space id");
+    CHECK(tokenizer_is_special(tok, 151645) && !tokenizer_is_special(tok, 151657) &&
+              !tokenizer_is_special(tok, 220),
+          "special flags of <|im_end|>, <tool_call>, space");
+
+    t0 = now_ms();
+    size_t bytes = check_encode_corpus(tok, encode, "qwen");
+    double t_enc = now_ms() - t0;
+    printf("  info [tokenizer] load %.0f ms; corpus %zu bytes encoded in %.1f ms\n", t_load, bytes,
+           t_enc);
+    check_decode_cases(tok, decode, "qwen");
+
+    /* The decode of each corpus encoding, streamed, must equal the one-shot. */
+    size_t i;
+    const json_t *c;
+    tok_ids ids = {0};
+    json_array_foreach(encode, i, c) {
+        ids_from_json(json_object_get(c, "ids"), &ids);
+        check_decode_case(tok, ids.v, ids.n, 0, NULL, json_string_value(json_object_get(c, "name")));
+    }
+
+    /* Bad input to encode and decode. */
+    const char bad[] = "ok \xe2\x82 then";
+    st = tokenizer_encode(tok, bad, sizeof bad - 1, &ids, &err);
+    CHECK(st == ERGO_E_ARG && strstr(err.msg, "invalid UTF-8 at byte 3"), "invalid UTF-8: %s", err.msg);
+    const char surrogate[] = "\xed\xa0\x80";
+    st = tokenizer_encode(tok, surrogate, 3, &ids, &err);
+    CHECK(st != ERGO_OK && strstr(err.msg, "invalid UTF-8 at byte 0"), "surrogate: %s", err.msg);
+    int32_t out_of_range[] = {9707, 151665};
+    tok_text t = {0};
+    st = tokenizer_decode(tok, out_of_range, 2, 0, &t, &err);
+    CHECK(st == ERGO_E_ARG && strstr(err.msg, "token id 151665 is not in the vocabulary"),
+          "decode out of range: %s", err.msg);
+    int32_t negative[] = {-5};
+    st = tokenizer_decode(tok, negative, 1, 1, &t, &err);
+    CHECK(st == ERGO_E_ARG && strstr(err.msg, "token id -5"), "decode negative: %s", err.msg);
+    tokenizer_stream s;
+    tokenizer_stream_init(&s, tok, 0);
+    st = tokenizer_stream_push(&s, 1 << 30, &t, &err);
+    CHECK(st == ERGO_E_ARG, "stream push of a bad id: %s", err.msg);
+    tok_text_free(&t);
+    tok_ids_free(&ids);
+    tokenizer_free(tok);
+
+    /* Legacy merges ("a b" strings), as published Qwen2.5-VL checkpoints store them. */
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tokenizer-string-merges.json", scratch_dir());
+    CHECK(write_string_merges(path), "cannot write %s", path);
+    st = tokenizer_load_file(&tok, path, &err);
+    CHECK(st == ERGO_OK, "string merges: %s", err.msg);
+    if (st == ERGO_OK) {
+        check_encode_corpus(tok, encode, "qwen-string-merges");
+        tokenizer_free(tok);
+    }
+}
+
+/* ---------------------------------------------------------------- variants */
+
+static void test_variants(const json_t *variants) {
+    size_t i;
+    const json_t *v;
+    json_array_foreach(variants, i, v) {
+        const char *name = json_string_value(json_object_get(v, "name"));
+        char path[1024];
+        snprintf(path, sizeof path, "%s/tokenizer/%s", fixtures_dir(),
+                 json_string_value(json_object_get(v, "file")));
+        ergo_error err = {0};
+        tokenizer *tok;
+        ergo_status st = tokenizer_load_file(&tok, path, &err);
+        CHECK(st == ERGO_OK, "variant %s: %s", name, err.msg);
+        if (st != ERGO_OK) continue;
+        json_t *enc = json_object_get(v, "encode");
+        size_t k;
+        json_t *c;
+        tok_ids got = {0}, want = {0};
+        json_array_foreach(enc, k, c) {
+            const json_t *text = json_object_get(c, "text");
+            char label[160];
+            snprintf(label, sizeof label, "variant %s text %zu", name, k);
+            got.n = 0;
+            st = tokenizer_encode(tok, json_string_value(text), json_string_length(text), &got, &err);
+            CHECK(st == ERGO_OK, "%s: %s", label, err.msg);
+            ids_from_json(json_object_get(c, "ids"), &want);
+            CHECK_EQ_I32(got.v, got.n, want.v, want.n, label);
+        }
+        tok_ids_free(&got);
+        tok_ids_free(&want);
+        check_decode_cases(tok, json_object_get(v, "decode"), name);
+        tokenizer_free(tok);
+    }
+}
+
+/* ---------------------------------------------------------------- NFC and regex */
+
+static void test_normalize(const json_t *cases) {
+    /* The inert table was measured against one utf8proc; another needs a new table. */
+    CHECK_EQ_STR(utf8proc_unicode_version(), unicode_tables_utf8proc_version,
+                 "utf8proc Unicode version (regenerate with tools/tokenizer_tables.py)");
+    size_t i;
+    const json_t *c;
+    json_array_foreach(cases, i, c) {
+        const json_t *text = json_object_get(c, "text");
+        tok_text out = {0};
+        ergo_error err = {0};
+        ergo_status st = nfc_append(json_string_value(text), json_string_length(text), &out, &err);
+        CHECK(st == ERGO_OK, "nfc: %s", err.msg);
+        check_text(out.s, out.n, json_object_get(c, "nfc"), json_string_value(json_object_get(c, "name")));
+        tok_text_free(&out);
+    }
+}
+
+/* Does `pattern` (translated, compiled) match the single code point cp? */
+static int matches_cp(const pretokenizer *p, pcre2_match_data *md, uint32_t cp) {
+    char buf[4];
+    size_t n = utf8_encode(cp, buf);
+    int rc = pcre2_match(p->re, (PCRE2_SPTR)buf, n, 0, PCRE2_ANCHORED, md, NULL);
+    return rc > 0 && pcre2_get_ovector_pointer(md)[1] == n;
+}
+
+static void test_regex_classes(void) {
+    /* The translated classes agree with the measured Oniguruma tables at every
+     * range boundary (and one step outside it). */
+    struct {
+        const char *pat;
+        const uint32_t (*r)[2];
+        size_t n;
+    } cls[] = {{"\\s", onig_space, onig_space_n},
+               {"\\p{L}", onig_letter, onig_letter_n},
+               {"\\p{N}", onig_number, onig_number_n},
+               {"[^\\s\\p{L}\\p{N}]", NULL, 0}};
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    ergo_error err = {0};
+    for (int k = 0; k < 3; k++) {
+        pretokenizer p;
+        CHECK(pretokenize_compile(&p, cls[k].pat, strlen(cls[k].pat), 0, "test", &err) == ERGO_OK,
+              "%s: %s", cls[k].pat, err.msg);
+        int bad = 0;
+        for (size_t i = 0; i < cls[k].n && !bad; i++) {
+            uint32_t a = cls[k].r[i][0], b = cls[k].r[i][1];
+            if (!matches_cp(&p, md, a) || !matches_cp(&p, md, b)) bad = 1;
+            if (a > 0 && (a - 1 < 0xD800 || a - 1 > 0xDFFF) && matches_cp(&p, md, a - 1) &&
+                !unicode_in_ranges(cls[k].r, cls[k].n, a - 1))
+                bad = 2;
+            if (b < 0x10FFFF && (b + 1 < 0xD800 || b + 1 > 0xDFFF) && matches_cp(&p, md, b + 1) &&
+                !unicode_in_ranges(cls[k].r, cls[k].n, b + 1))
+                bad = 3;
+        }
+        CHECK(!bad, "%s: PCRE2 disagrees with the Oniguruma table (%d)", cls[k].pat, bad);
+        /* The spots where PCRE2 10.42 and Oniguruma are known to differ. */
+        if (k == 0)
+            CHECK(matches_cp(&p, md, 0x85) && matches_cp(&p, md, 0x3000) &&
+                      !matches_cp(&p, md, 0x200B) && !matches_cp(&p, md, 0xFEFF),
+                  "\\s: U+0085/U+3000 in, U+200B/U+FEFF out");
+        if (k == 1) CHECK(matches_cp(&p, md, 0x31350), "\\p{L}: U+31350 (Unicode 15) is a letter");
+        pretokenize_free(&p);
+    }
+    pcre2_match_data_free(md);
+
+    /* Translation refuses what PCRE2 would read differently. */
+    const char *refused[] = {"[a[b]]", "[a-z&&[^c]]", "[\\S]", "[\\P{L}]"};
+    for (int i = 0; i < 4; i++) {
+        pretokenizer p;
+        ergo_status st = pretokenize_compile(&p, refused[i], strlen(refused[i]), 0, "test", &err);
+        CHECK(st == ERGO_E_UNSUPPORTED, "pattern %s should be refused: %s", refused[i], err.msg);
+        if (st == ERGO_OK) pretokenize_free(&p);
+    }
+    pretokenizer p;
+    ergo_status st = pretokenize_compile(&p, "(", 1, 0, "test.json", &err);
+    CHECK(st != ERGO_OK && strstr(err.msg, "test.json: pre-tokenizer pattern does not compile"),
+          "bad regex: %s", err.msg);
+}
+
+/* The contractions are matched case-insensitively: PCRE2's folding must give
+ * exactly Oniguruma's sets (s: S, s and the long s U+017F; no others). */
+static void test_case_folds(const json_t *folds) {
+    const char *letter;
+    const json_t *members;
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    json_object_foreach((json_t *)folds, letter, members) {
+        char pat[16];
+        snprintf(pat, sizeof pat, "(?i:%s)", letter);
+        pretokenizer p;
+        ergo_error err = {0};
+        if (pretokenize_compile(&p, pat, strlen(pat), 0, "test", &err) != ERGO_OK) {
+            CHECK(0, "%s: %s", pat, err.msg);
+            continue;
+        }
+        size_t k = 0, n = json_array_size(members), bad = 0;
+        uint32_t first_bad = 0;
+        for (uint32_t cp = 0; cp < 0x10000; cp++) {
+            if (cp >= 0xD800 && cp <= 0xDFFF) continue;
+            int want = k < n && (uint32_t)json_integer_value(json_array_get(members, k)) == cp;
+            k += want;
+            if (matches_cp(&p, md, cp) != want && bad++ == 0) first_bad = cp;
+        }
+        CHECK(bad == 0, "%s: %zu code points fold differently from Oniguruma, first U+%04X", pat,
+              bad, (unsigned)first_bad);
+        pretokenize_free(&p);
+    }
+    pcre2_match_data_free(md);
+}
+
+/* ---------------------------------------------------------------- refusals */
+
+static const char *write_scratch(const char *name, const char *text) {
+    static char path[1024];
+    snprintf(path, sizeof path, "%s/%s", scratch_dir(), name);
+    ergo_error err;
+    file_write_all(path, text, strlen(text), &err);
+    return path;
+}
+
+/* A minimal valid file; %s are replaced by the parts a case changes. */
+#define MINI_HEAD "{\"version\":\"1.0\",\"added_tokens\":[%s],\"normalizer\":%s,"
+#define MINI_PRE                                                                              \
+    "\"pre_tokenizer\":{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Split\",\"pattern\":" \
+    "{\"Regex\":\"\\\\s+|\\\\w+\"},\"behavior\":\"Isolated\",\"invert\":false},{\"type\":"       \
+    "\"ByteLevel\",\"add_prefix_space\":false,\"use_regex\":false}]},"
+#define MINI_TAIL                                                                     \
+    "\"post_processor\":null,\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":%s," \
+    "\"vocab\":%s,\"merges\":%s}}"
+
+static void expect_refused(const char *label, const char *json, const char *needle) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.json", scratch_dir(), label);
+    ergo_error err = {0};
+    file_write_all(path, json, strlen(json), &err);
+    tokenizer *tok = (tokenizer *)1;
+    ergo_status st = tokenizer_load_file(&tok, path, &err);
+    CHECK(st != ERGO_OK && tok == NULL && strstr(err.msg, needle) && strstr(err.msg, path),
+          "%s: got status %d, message \"%s\", want one naming the file and \"%s\"", label, (int)st,
+          err.msg, needle);
+    if (st == ERGO_OK) tokenizer_free(tok);
+}
+
+static void mini(char *out, size_t n, const char *added, const char *norm, const char *type,
+                 const char *vocab, const char *merges) {
+    snprintf(out, n, MINI_HEAD MINI_PRE MINI_TAIL, added, norm, type, vocab, merges);
+}
+
+static void test_refusals(void) {
+    ergo_error err = {0};
+    tokenizer *tok = (tokenizer *)1;
+    ergo_status st = tokenizer_load(&tok, "/nonexistent/dir", &err);
+    CHECK(st == ERGO_E_IO && tok == NULL && strstr(err.msg, "/nonexistent/dir: no such directory"),
+          "missing dir: %s", err.msg);
+    st = tokenizer_load(&tok, scratch_dir(), &err);
+    CHECK(st == ERGO_E_IO && strstr(err.msg, "tokenizer.json: no such file"), "missing file: %s", err.msg);
+    expect_refused("malformed", "{\"model\": {\"vocab\": {\"a\": 0,}}", "invalid JSON");
+    expect_refused("not_object", "[1, 2]", "not a JSON object");
+    /* The JSON grammar, as the streaming reader checks it. */
+    expect_refused("dup_key", "{\"model\": {}, \"model\": {}}", "duplicate key `model'");
+    expect_refused("trailing", "{} x", "invalid JSON at byte 3: text after the end");
+    expect_refused("lone_surrogate", "{\"a\": \"\\ud800\"}", "lone high surrogate");
+    expect_refused("nul_escape", "{\"a\": \"\\u0000\"}", "\\u0000 is not allowed");
+    expect_refused("bad_utf8", "{\"a\": \"\xff\"}", "invalid UTF-8 in a string");
+    expect_refused("control_char", "{\"a\": \"x\ty\"}", "control character in a string");
+    expect_refused("bad_number", "{\"a\": 01}", "invalid JSON");
+    expect_refused("vocab_float", "{\"model\": {\"vocab\": {\"a\": 1.0}}}", "vocabulary entry \"a\" has no integer id");
+    expect_refused("vocab_trailing_comma", "{\"model\": {\"vocab\": {\"a\": 0,}}}", "expected a string key");
+    expect_refused("merges_unterminated", "{\"model\": {\"merges\": [\"a b\"", "invalid JSON");
+    char deep[2200];
+    memset(deep, '[', 2000);
+    deep[2000] = 0;
+    expect_refused("deep", deep, "nested too deeply");
+
+    const char *vocab = "{\"a\":0,\"b\":1,\"ab\":2,\"\\u0120\":3}";
+    char buf[4096];
+    mini(buf, sizeof buf, "", "{\"type\":\"NFC\"}", "\"BPE\"", vocab, "[\"a b\"]");
+    tok = NULL;
+    st = tokenizer_load_file(&tok, write_scratch("mini.json", buf), &err);
+    CHECK(st == ERGO_OK, "the minimal file loads: %s", err.msg);
+    if (st == ERGO_OK) {
+        tok_ids ids = {0};
+        st = tokenizer_encode(tok, "ab a", 4, &ids, &err);
+        int32_t want[] = {2, 3, 0};
+        CHECK_EQ_I32(ids.v, ids.n, want, 3, "minimal file: \"ab a\"");
+        tok_ids_free(&ids);
+        tokenizer_free(tok);
+    }
+    mini(buf, sizeof buf, "", "null", "\"WordPiece\"", vocab, "[]");
+    expect_refused("wordpiece", buf, "model type WordPiece is not supported");
+    mini(buf, sizeof buf, "", "null", "\"BPE\"", "[]", "[]");
+    expect_refused("vocab_list", buf, "model.vocab is missing or not an object");
+    snprintf(buf, sizeof buf, MINI_HEAD MINI_PRE "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"vocab\":{}}}", "", "null");
+    expect_refused("no_merges", buf, "model.merges is missing");
+    mini(buf, sizeof buf, "", "null", "\"BPE\"", vocab, "[\"a c\"]");
+    expect_refused("merge_oov", buf, "merge 0: \"c\" is not in the vocabulary");
+    mini(buf, sizeof buf, "", "null", "\"BPE\"", "{\"a\":0,\"b\":1}", "[\"a b\"]");
+    expect_refused("merge_result_oov", buf, "merge 0: \"ab\" is not in the vocabulary");
+    mini(buf, sizeof buf, "", "null", "\"BPE\"", vocab, "[\"a  b\"]");
+    expect_refused("merge_two_spaces", buf, "is not two tokens separated by one space");
+    mini(buf, sizeof buf, "", "null", "\"BPE\"", vocab, "[[\"a\",\"b\"], \"a b\"]");
+    expect_refused("merge_mixed", buf, "merges mix");
+    mini(buf, sizeof buf, "", "null", "\"BPE\"", "{\"a\":0,\"b\":0}", "[]");
+    expect_refused("duplicate_id", buf, "vocabulary id 0 is given to two tokens");
+    mini(buf, sizeof buf, "", "null", "\"BPE\"", "{\"a\":-1}", "[]");
+    expect_refused("negative_id", buf, "vocabulary id -1 is out of range");
+    mini(buf, sizeof buf, "", "null", "\"BPE\"", "{\"a\":\"x\"}", "[]");
+    expect_refused("string_id", buf, "has no integer id");
+    mini(buf, sizeof buf, "", "{\"type\":\"Lowercase\"}", "\"BPE\"", vocab, "[]");
+    expect_refused("lowercase", buf, "normalizer Lowercase is not supported");
+    mini(buf, sizeof buf,
+         "{\"id\":9,\"content\":\"<s>\",\"single_word\":false,\"lstrip\":false,\"rstrip\":false,"
+         "\"normalized\":false,\"special\":true}",
+         "null", "\"BPE\"", vocab, "[]");
+    expect_refused("added_id", buf, "added token \"<s>\" has id 9, but tokenizers would number it 4");
+    mini(buf, sizeof buf,
+         "{\"id\":4,\"content\":\"<s>\",\"special\":true},{\"id\":5,\"content\":\"<s>\",\"special\":false}",
+         "null", "\"BPE\"", vocab, "[]");
+    expect_refused("added_twice", buf, "added token \"<s>\" is listed twice");
+    snprintf(buf, sizeof buf,
+             MINI_HEAD MINI_PRE
+             "\"decoder\":{\"type\":\"ByteLevel\"},\"model\":{\"type\":\"BPE\",\"dropout\":0.1,"
+             "\"vocab\":{},\"merges\":[]}}",
+             "", "null");
+    expect_refused("dropout", buf, "BPE dropout is not supported");
+    snprintf(buf, sizeof buf,
+             MINI_HEAD "\"pre_tokenizer\":{\"type\":\"Whitespace\"},\"decoder\":{\"type\":\"ByteLevel\"},"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+             "", "null");
+    expect_refused("whitespace_pre", buf, "pre-tokenizer step Whitespace is not supported");
+    snprintf(buf, sizeof buf,
+             MINI_HEAD MINI_PRE "\"decoder\":{\"type\":\"WordPiece\"},"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+             "", "null");
+    expect_refused("decoder", buf, "decoder WordPiece is not supported");
+    snprintf(buf, sizeof buf,
+             MINI_HEAD MINI_PRE "\"post_processor\":{\"type\":\"TemplateProcessing\"},\"decoder\":{\"type\":\"ByteLevel\"},"
+             "\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]}}",
+             "", "null");
+    expect_refused("template_post", buf, "post_processor TemplateProcessing is not supported");
+}
+
+/* ---------------------------------------------------------------- CLI */
+
+/* Runs a shell command; returns its exit status and its first stdout line in out. */
+static int run(const char *cmd, char *out, size_t n) {
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    out[0] = 0;
+    if (!fgets(out, (int)n, p)) out[0] = 0;
+    char sink[256];
+    while (fgets(sink, sizeof sink, p)) {}
+    int rc = pclose(p);
+    return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+static void test_cli(void) {
+    const char *bin = getenv("ERGO_BIN");
+    if (!bin || !*bin || !file_exists(bin)) {
+        SKIP("ERGO_BIN not set: the CLI tests need the ergo binary (make test sets it)");
+        return;
+    }
+    char cmd[2048], out[4096];
+    snprintf(cmd, sizeof cmd, "'%s' tokenize --model " ASSETS " 'Hello world<|im_end|>' 2>&1", bin);
+    int rc = run(cmd, out, sizeof out);
+    CHECK(rc == 0 && !strcmp(out, "[9707, 1879, 151645]\n"), "cli encode: rc %d, \"%s\"", rc, out);
+    snprintf(cmd, sizeof cmd, "printf 'a\\tb\\n' > '%s/in.txt'; '%s' tokenize --model " ASSETS
+             " --file '%s/in.txt' 2>&1", scratch_dir(), bin, scratch_dir());
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 0 && !strcmp(out, "[64, 2233, 198]\n"), "cli --file: rc %d, \"%s\"", rc, out);
+    snprintf(cmd, sizeof cmd, "'%s' tokenize --model " ASSETS " --decode '[9707, 1879, 151645]' 2>&1", bin);
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 0 && !strcmp(out, "Hello world<|im_end|>\n"), "cli decode: rc %d, \"%s\"", rc, out);
+    snprintf(cmd, sizeof cmd, "'%s' tokenize --model " ASSETS " --decode --skip-special '9707 1879 151645' 2>&1", bin);
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 0 && !strcmp(out, "Hello world\n"), "cli decode skip: rc %d, \"%s\"", rc, out);
+    snprintf(cmd, sizeof cmd, "'%s' tokenize --model " ASSETS " \"$(printf 'ok\\377')\" 2>&1", bin);
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 1 && !strcmp(out, "ergo tokenize: invalid UTF-8 at byte 2\n"), "cli bad UTF-8: rc %d, \"%s\"", rc, out);
+    snprintf(cmd, sizeof cmd, "'%s' tokenize --model /nonexistent/model hi 2>&1", bin);
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 1 && !strcmp(out, "ergo tokenize: /nonexistent/model: no such directory\n"),
+          "cli missing dir: rc %d, \"%s\"", rc, out);
+    snprintf(cmd, sizeof cmd, "'%s' tokenize --model " ASSETS " --decode '1 999999' 2>&1", bin);
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 1 && strstr(out, "token id 999999 is not in the vocabulary"), "cli bad id: rc %d, \"%s\"", rc, out);
+    snprintf(cmd, sizeof cmd, "'%s' tokenize 2>&1", bin);
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 2 && !strncmp(out, "ergo tokenize: ", 15), "cli usage: rc %d, \"%s\"", rc, out);
+    snprintf(cmd, sizeof cmd, "'%s' tokenize --help", bin);
+    rc = run(cmd, out, sizeof out);
+    CHECK(rc == 0 && !strncmp(out, "usage: ergo tokenize", 20), "cli --help: rc %d, \"%s\"", rc, out);
+}
+
+/* ---------------------------------------------------------------- fuzz corpus */
+
+static void test_fuzz_corpus(void) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/../fuzz_corpus/tokenizer", fixtures_dir());
+    DIR *d = opendir(dir);
+    CHECK(d != NULL, "cannot open %s", dir);
+    if (!d) return;
+    int files = 0, loaded = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[2048];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        char *buf;
+        size_t n;
+        ergo_error err;
+        if (file_read_all(path, 64u << 20, &buf, &n, &err) != ERGO_OK) continue;
+        loaded += tokenizer_fuzz_one((const uint8_t *)buf, n);
+        files++;
+        free(buf);
+    }
+    closedir(d);
+    CHECK(files >= 10 && loaded >= 10, "fuzz corpus: %d files, %d loaded", files, loaded);
+}
+
+void test_tokenizer(void) {
+    json_t *encode = load_fixture("encode.json"), *decode = load_fixture("decode.json");
+    json_t *normalize = load_fixture("normalize.json"), *variants = load_fixture("variants.json");
+    json_t *folds = load_fixture("case_folds.json");
+    if (encode && decode) test_real_tokenizer(encode, decode);
+    if (normalize) test_normalize(normalize);
+    if (variants) test_variants(variants);
+    test_regex_classes();
+    if (folds) test_case_folds(folds);
+    test_refusals();
+    test_cli();
+    test_fuzz_corpus();
+    json_decref(encode);
+    json_decref(decode);
+    json_decref(normalize);
+    json_decref(variants);
+    json_decref(folds);
+}
