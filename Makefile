@@ -115,7 +115,11 @@ fuzz-smoke: $(FUZZ_BINS)
 	  grep -E '^#[0-9]+.*DONE' $(BUILD)/fuzz/$$n.log | tail -1; \
 	done
 
-check: fuzz-smoke test asan
+# Sequential on purpose: the sanitizer run's summary must be the last line printed.
+check:
+	$(MAKE) fuzz-smoke
+	$(MAKE) test
+	$(MAKE) asan
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \

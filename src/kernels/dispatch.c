@@ -1,12 +1,19 @@
 /*
  * dispatch.c - picks each kernel's instruction set once at start-up.
  */
+#include <cpuid.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kernels.h"
 
 kernel_table kern = {ISA_REF, dot_f32_ref, bf16_to_f32_ref, f16_to_f32_ref};
+
+/* clang 14's __builtin_cpu_supports does not know "f16c": ask CPUID leaf 1 (ECX bit 29). */
+static int cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
 
 cpu_isa cpu_best_isa(void) {
     __builtin_cpu_init();
@@ -15,7 +22,7 @@ cpu_isa cpu_best_isa(void) {
         __builtin_cpu_supports("avx512vl"))
         return ISA_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+        cpu_has_f16c())
         return ISA_AVX2;
     return ISA_REF;
 }
