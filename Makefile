@@ -50,7 +50,7 @@ FUZZ_SECONDS ?= 20
 
 HEADERS   := $(wildcard src/*/*.h) tests/check.h
 
-.PHONY: all test asan fuzz fuzz-smoke check deps clean
+.PHONY: all test asan fuzz fuzz-smoke check deps clean FORCE
 all: $(BUILD)/ergo
 
 $(BUILD)/release/%.o: %.c $(HEADERS)
@@ -71,7 +71,7 @@ $(BUILD)/ergo: $(patsubst %.c,$(BUILD)/release/%.o,$(CLI_SRC)) $(BUILD)/libergo.
 	$(CC) $(CFLAGS_RELEASE) $^ $(LDLIBS) -o $@
 
 # The runner's suite table comes from the test file names.
-$(BUILD)/suites.h: $(TEST_SRC)
+$(BUILD)/suites.h: $(TEST_SRC) FORCE
 	@mkdir -p $(BUILD)
 	@printf '$(foreach s,$(SUITES),SUITE($(s))\n)' | sed 's/^ //' > $@.tmp
 	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp

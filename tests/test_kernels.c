@@ -115,12 +115,131 @@ static void test_scalar_conversions(void) {
     CHECK(ok, "bf16 -> f32 -> bf16 round trip");
 }
 
+/* Weight rows in each stored type, filled from the generator. */
+static void *make_weights(kdtype wt, size_t n, uint64_t seed, float scale) {
+    if (wt == KDT_F32) {
+        float *w = malloc(n * sizeof *w);
+        fill(w, n, seed, scale);
+        return w;
+    }
+    uint16_t *h = malloc(n * sizeof *h);
+    for (size_t i = 0; i < n; i++) {
+        float v = rng_uniform(seed, i) * scale;
+        h[i] = wt == KDT_BF16 ? f32_to_bf16_one(v) : f32_to_f16_one(v);
+    }
+    return h;
+}
+
+static const char *kdtype_name(kdtype t) {
+    return t == KDT_F32 ? "f32" : t == KDT_BF16 ? "bf16" : "f16";
+}
+
+static void test_dot_wt(cpu_isa isa) {
+    kernel_table t;
+    kernels_table_for(&t, isa);
+    float *x = malloc(4096 * sizeof *x);
+    for (int wt = KDT_F32; wt <= KDT_F16; wt++)
+        for (size_t s = 0; s < N_SIZES; s++) {
+            size_t n = sizes[s];
+            fill(x, n, 3 + n, 1.0f);
+            void *w = make_weights((kdtype)wt, n, 9 + n, 1.0f);
+            float want = dot_wt_ref(x, w, (kdtype)wt, n), got = t.dot_wt(x, w, (kdtype)wt, n);
+            double bound = 2.0 * (double)n * 1.2e-7 * (double)n + 1e-30; /* |x|,|w| <= 1 */
+            CHECK(fabs((double)got - (double)want) <= bound, "dot_wt %s %s n=%zu: got %.9g want %.9g",
+                  kdtype_name((kdtype)wt), cpu_isa_name(isa), n, (double)got, (double)want);
+            free(w);
+        }
+    free(x);
+}
+
+/* matmul_wt (threaded, dispatched) against matmul_wt_ref on odd and real shapes. */
+static void test_matmul(void) {
+    static const int shapes[][3] = {{1, 1, 1},   {1, 17, 3},   {3, 33, 5},  {7, 80, 31},
+                                    {5, 128, 65}, {2, 1176, 40}, {4, 3584, 9}, {1, 129, 257}};
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        int n = shapes[c][0], k = shapes[c][1], m = shapes[c][2];
+        for (int wt = KDT_F32; wt <= KDT_F16; wt++) {
+            float *x = malloc((size_t)n * k * sizeof *x);
+            fill(x, (size_t)n * k, 77 + c, 2.0f);
+            void *w = make_weights((kdtype)wt, (size_t)m * k, 55 + c, 0.5f);
+            void *b = make_weights((kdtype)wt, (size_t)m, 66 + c, 1.0f);
+            float *want = malloc((size_t)n * m * sizeof *want);
+            float *got = malloc(((size_t)n * m + GUARD) * sizeof *got);
+            for (size_t i = 0; i < (size_t)n * m + GUARD; i++) got[i] = guard_value;
+            for (int with_bias = 0; with_bias < 2; with_bias++) {
+                const void *bias = with_bias ? b : NULL;
+                matmul_wt_ref(want, x, w, (kdtype)wt, bias, (kdtype)wt, n, k, m);
+                matmul_wt(got, x, w, (kdtype)wt, bias, (kdtype)wt, n, k, m);
+                char label[96];
+                snprintf(label, sizeof label, "matmul_wt %s n=%d k=%d m=%d bias=%d",
+                         kdtype_name((kdtype)wt), n, k, m, with_bias);
+                /* |x| <= 2, |w| <= 0.5: each dot's terms are <= 1 in magnitude */
+                CHECK_CLOSE(got, want, (size_t)n * m, 2.5e-7 * k, 0, label);
+                int guard_ok = 1;
+                for (size_t i = (size_t)n * m; i < (size_t)n * m + GUARD; i++)
+                    guard_ok &= got[i] == guard_value;
+                CHECK(guard_ok, "%s: wrote past the output", label);
+            }
+            free(x), free(w), free(b), free(want), free(got);
+        }
+    }
+}
+
+/* The row-wise ops against double-precision definitions. */
+static void test_row_ops(void) {
+    enum { N = 3, D = 1280 };
+    float *x = malloc(N * D * sizeof *x), *y = malloc(N * D * sizeof *y);
+    float *w = malloc(D * sizeof *w);
+    fill(x, N * D, 1, 4.0f);
+    fill(w, D, 2, 1.0f);
+    rmsnorm(y, x, w, KDT_F32, N, D, 1e-6f);
+    double max_err = 0;
+    for (int i = 0; i < N; i++) {
+        double ss = 0;
+        for (int t = 0; t < D; t++) ss += (double)x[i * D + t] * (double)x[i * D + t];
+        double inv = 1.0 / sqrt(ss / D + 1e-6);
+        for (int t = 0; t < D; t++) {
+            double want = (double)w[t] * (double)x[i * D + t] * inv;
+            max_err = fmax(max_err, fabs(want - (double)y[i * D + t]));
+        }
+    }
+    CHECK(max_err < 2e-6, "rmsnorm max error %.3g", max_err);
+
+    float v[7] = {-20.f, -3.f, -0.5f, 0.f, 0.5f, 3.f, 20.f}, u[7] = {1, 2, 3, 4, 5, 6, 7};
+    float g[7], e[7];
+    memcpy(g, v, sizeof v);
+    silu_mul(g, u, 7);
+    memcpy(e, v, sizeof v);
+    gelu_erf(e, 7);
+    int ok = 1;
+    for (int i = 0; i < 7; i++) {
+        double vi = v[i], silu = vi / (1.0 + exp(-vi)) * (double)u[i];
+        double gelu = 0.5 * vi * (1.0 + erf(vi / sqrt(2.0)));
+        ok &= fabs((double)g[i] - silu) <= 1e-6 * (1 + fabs(silu)) &&
+              fabs((double)e[i] - gelu) <= 1e-6 * (1 + fabs(gelu));
+    }
+    CHECK(ok, "silu_mul and gelu_erf against double-precision definitions");
+
+    float p[5] = {1000.f, 1001.f, 999.f, -1e30f, 1000.5f};
+    softmax(p, 5);
+    double sum = 0;
+    for (int i = 0; i < 5; i++) sum += (double)p[i];
+    CHECK(fabs(sum - 1) < 1e-6 && p[3] == 0.0f && p[1] > p[4] && p[4] > p[0],
+          "softmax of large logits: sum %.9g", sum);
+    free(x), free(y), free(w);
+}
+
 void test_kernels(void) {
     test_isa_selection();
     test_scalar_conversions();
     for (int isa = ISA_REF; isa <= (int)cpu_best_isa(); isa++) {
         test_dot((cpu_isa)isa);
         test_conversions((cpu_isa)isa);
+        test_dot_wt((cpu_isa)isa);
     }
+    ergo_error err = {0};
+    kernels_init(NULL, &err);
+    test_matmul();
+    test_row_ops();
     if (cpu_best_isa() < ISA_AVX512) SKIP("this CPU has no AVX-512: those paths were not run");
 }

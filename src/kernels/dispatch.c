@@ -7,7 +7,7 @@
 
 #include "kernels.h"
 
-kernel_table kern = {ISA_REF, dot_f32_ref, bf16_to_f32_ref, f16_to_f32_ref};
+kernel_table kern = {ISA_REF, dot_f32_ref, bf16_to_f32_ref, f16_to_f32_ref, dot_wt_ref};
 
 /* clang 14's __builtin_cpu_supports does not know "f16c": ask CPUID leaf 1 (ECX bit 29). */
 static int cpu_has_f16c(void) {
@@ -43,16 +43,19 @@ void kernels_table_for(kernel_table *t, cpu_isa isa) {
         t->dot_f32 = dot_f32_avx512;
         t->bf16_to_f32 = bf16_to_f32_avx512;
         t->f16_to_f32 = f16_to_f32_avx512;
+        t->dot_wt = dot_wt_avx512;
         break;
     case ISA_AVX2:
         t->dot_f32 = dot_f32_avx2;
         t->bf16_to_f32 = bf16_to_f32_avx2;
         t->f16_to_f32 = f16_to_f32_avx2;
+        t->dot_wt = dot_wt_avx2;
         break;
     case ISA_REF:
         t->dot_f32 = dot_f32_ref;
         t->bf16_to_f32 = bf16_to_f32_ref;
         t->f16_to_f32 = f16_to_f32_ref;
+        t->dot_wt = dot_wt_ref;
         break;
     }
 }

@@ -27,6 +27,9 @@
 
 typedef enum cpu_isa { ISA_REF = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 } cpu_isa;
 
+/* Element types a kernel can read weights in (weights are used as stored). */
+typedef enum kdtype { KDT_F32 = 0, KDT_BF16 = 1, KDT_F16 = 2 } kdtype;
+
 typedef struct kernel_table {
     cpu_isa isa;
     /* sum_i a[i]*b[i] over n floats */
@@ -35,9 +38,34 @@ typedef struct kernel_table {
     void (*bf16_to_f32)(float *out, const uint16_t *in, size_t n);
     /* out[i] = f32(in[i]) for n IEEE half values (raw uint16 bits) */
     void (*f16_to_f32)(float *out, const uint16_t *in, size_t n);
+    /* sum_i x[i]*w[i] with w in its stored type (kdtype, below) */
+    float (*dot_wt)(const float *x, const void *w, kdtype wt, size_t n);
 } kernel_table;
 
 extern kernel_table kern;
+
+/* ---- model ops (ops.c): f32 activations, f32 accumulation, weights in any kdtype ----
+ *
+ * matmul_wt: y (n, m) = x (n, k) @ W^T (+ bias), with W (m, k) row-major as PyTorch's
+ *   nn.Linear stores it and bias (m) or NULL. Threads over output columns (OpenMP);
+ *   y must not alias x.
+ * rmsnorm:   y (n, d) = x / sqrt(mean(x^2) + eps) * w, per row (Qwen2RMSNorm in f32).
+ * silu_mul:  g (n) = silu(g) * u (SwiGLU's gate times up), in place.
+ * gelu_erf:  x (n) = 0.5 x (1 + erf(x / sqrt 2)) (nn.GELU(), exact), in place.
+ * softmax:   x (n) in place, max-subtracted, f32.
+ * add:       y (n) += x.
+ */
+void matmul_wt(float *y, const float *x, const void *w, kdtype wt, const void *bias, kdtype bt,
+               int n, int k, int m);
+void matmul_wt_ref(float *y, const float *x, const void *w, kdtype wt, const void *bias,
+                   kdtype bt, int n, int k, int m);
+void rmsnorm(float *y, const float *x, const void *w, kdtype wt, int n, int d, float eps);
+void silu_mul(float *g, const float *u, size_t n);
+void gelu_erf(float *x, size_t n);
+void softmax(float *x, size_t n);
+void add_inplace(float *y, const float *x, size_t n);
+/* out (n) = f32 of n elements of a weight row starting at element `offset`. */
+void load_row_f32(float *out, const void *w, kdtype wt, size_t offset, size_t n);
 
 /* The best ISA this CPU and OS support (XCR0 checked by the compiler's detection). */
 cpu_isa cpu_best_isa(void);
@@ -62,6 +90,10 @@ void bf16_to_f32_avx512(float *out, const uint16_t *in, size_t n);
 void f16_to_f32_ref(float *out, const uint16_t *in, size_t n);
 void f16_to_f32_avx2(float *out, const uint16_t *in, size_t n);
 void f16_to_f32_avx512(float *out, const uint16_t *in, size_t n);
+
+float dot_wt_ref(const float *x, const void *w, kdtype wt, size_t n);
+float dot_wt_avx2(const float *x, const void *w, kdtype wt, size_t n);
+float dot_wt_avx512(const float *x, const void *w, kdtype wt, size_t n);
 
 
 #endif
