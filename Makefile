@@ -117,9 +117,9 @@ fuzz-smoke: $(FUZZ_BINS)
 
 # Sequential on purpose: the sanitizer run's summary must be the last line printed.
 check:
-	$(MAKE) fuzz-smoke
-	$(MAKE) test
-	$(MAKE) asan
+	@$(MAKE) --no-print-directory fuzz-smoke
+	@$(MAKE) --no-print-directory test
+	@$(MAKE) --no-print-directory asan
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
