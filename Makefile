@@ -17,13 +17,15 @@
 CC      ?= cc
 CLANG   ?= clang
 PKGS    := jansson libpcre2-8 libutf8proc libjpeg libpng nettle
-DEPS_DEBIAN := build-essential pkg-config clang libclang-rt-14-dev \
-               libjansson-dev libpcre2-dev libutf8proc-dev libjpeg62-turbo-dev libpng-dev nettle-dev
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN    := -Wall -Wextra -Wshadow -Wdouble-promotion -Wno-unused-parameter
+# Warnings are errors in CI (CI=true is set there) or with WERROR=1.
+ifeq ($(CI),true)
+WERROR  ?= 1
+endif
 ifeq ($(WERROR),1)
 WARN    += -Werror
 endif
@@ -122,8 +124,7 @@ check:
 	@$(MAKE) --no-print-directory asan
 
 deps:
-	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(DEPS_DEBIAN)
+	scripts/deps.sh
 
 clean:
 	rm -rf $(BUILD)

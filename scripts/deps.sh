@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ergo builds and tests against (a fresh Debian 12 is enough).
+# Runs apt-get directly as root, through sudo otherwise.
+set -euo pipefail
+packages=(
+  make build-essential pkg-config   # the build
+  clang libclang-rt-14-dev          # libFuzzer targets (make fuzz, make check)
+  libjansson-dev                    # JSON
+  libpcre2-dev libutf8proc-dev      # the tokenizer's regex and Unicode normalisation
+  libjpeg62-turbo-dev libpng-dev    # image decoding
+  nettle-dev                        # SHA-256
+)
+if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${packages[@]}"
