@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-AREAS = ["tokenizer", "image", "checkpoint"]
+AREAS = ["tokenizer", "image", "checkpoint", "vision"]
 
 
 def main() -> int:

@@ -1,0 +1,439 @@
+/*
+ * vision.c - the Qwen2.5-VL vision encoder forward pass.
+ *
+ * Mirrors Qwen2_5_VisionTransformerPretrainedModel.forward (transformers 4.56.2):
+ * patch embed (the Conv3d as one 1176-long dot per patch), 2-D rotary, the window
+ * permutation, `depth` blocks (RMSNorm -> attention -> residual -> RMSNorm -> SwiGLU
+ * MLP with biases -> residual), the patch merger (ln_q, 4 rows -> one, Linear, GELU
+ * (erf), Linear) and the inverse permutation.
+ *
+ * Attention is computed span by span, as the reference's eager/SDPA path does since
+ * transformers PR #37363: window blocks attend inside each window (<= 64 tokens for
+ * 112 px windows), full-attention blocks inside each frame, with a streaming
+ * (online-softmax) loop over key blocks, so no n x n matrix is ever stored.
+ * Everything is f32: late blocks exceed the f16 range (llama.cpp #17534).
+ *
+ * N = patches, U = merge^2 (4), D = hidden, H = heads, Dh = head dim, F = ffn,
+ * Do = out_hidden.
+ */
+#include "vision.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "base/file.h"
+#include "kernels/kernels.h"
+#include "model/positions.h"
+
+/* ---- small helpers ---- */
+
+static kdtype kd(const tensor *t) {
+    switch (t->dtype) {
+    case DTYPE_BF16: return KDT_BF16;
+    case DTYPE_F16: return KDT_F16;
+    case DTYPE_F32: return KDT_F32;
+    default: break;
+    }
+    /* weights_bind accepts only these three dtypes */
+    ERGO_ASSERT(0 && "vision weight of an unsupported dtype");
+    return KDT_F32;
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void trace(vision_state *st, const char *name, const float *data, int rows, int cols) {
+    if (st->trace) st->trace(st->trace_ctx, name, data, rows, cols);
+}
+
+/* Linear layer y (n, out) = x (n, in) @ W^T + b, W (out, in) as nn.Linear stores it. */
+static void linear(float *y, const float *x, const tensor *w, const tensor *b, int n, int in,
+                   int out) {
+    matmul_wt(y, x, w->data, kd(w), b ? b->data : NULL, b ? kd(b) : KDT_F32, n, in, out);
+}
+
+/* ---- state ---- */
+
+void vision_state_free(vision_state *st) {
+    if (!st) return;
+    free(st->row);
+    free(st->col);
+    free(st->window_order);
+    free(st->raster_order);
+    free(st->window_len);
+    free(st->segment_len);
+    free(st->work_window);
+    free(st->work_full);
+    free(st->inv_freq);
+    free(st->angles);
+    free(st->cos);
+    free(st->sin);
+    free(st->x);
+    free(st->xn);
+    free(st->qkv);
+    free(st->vt);
+    free(st->attn);
+    free(st->gate);
+    free(st->up);
+    free(st->merged);
+    free(st->scratch);
+    free(st->layer_ms);
+    memset(st, 0, sizeof *st);
+}
+
+/* calloc of n elements of size sz, or NULL; n is checked by the caller's limits. */
+static void *alloc_n(size_t n, size_t sz, int *failed) {
+    void *p = calloc(n ? n : 1, sz);
+    if (!p) *failed = 1;
+    return p;
+}
+
+ergo_status vision_state_init(vision_state *st, const vision_config *cfg, int max_patches,
+                              ergo_error *err) {
+    memset(st, 0, sizeof *st);
+    const int U = cfg->merge * cfg->merge;
+    if (max_patches < U)
+        return ergo_fail(err, ERGO_E_ARG,
+                         "vision state: max_patches %d is below one merge unit (%d patches)",
+                         max_patches, U);
+    if (cfg->head_dim % 4 != 0 || cfg->hidden != cfg->n_heads * cfg->head_dim)
+        return ergo_fail(err, ERGO_E_ARG,
+                         "vision state: hidden %d, %d heads of %d: the 2-D rotary needs a head "
+                         "dim that is a multiple of 4",
+                         cfg->hidden, cfg->n_heads, cfg->head_dim);
+    /* the biggest buffer is (N, 3D) floats; keep every index inside int arithmetic */
+    const int64_t biggest = (int64_t)max_patches *
+                            (3 * (int64_t)cfg->hidden > cfg->out_hidden ? 3 * (int64_t)cfg->hidden
+                                                                        : cfg->out_hidden);
+    if (biggest > (int64_t)INT32_MAX)
+        return ergo_fail(err, ERGO_E_LIMIT,
+                         "vision state: %d patches of hidden %d exceed the buffer limit (2^31 "
+                         "floats)",
+                         max_patches, cfg->hidden);
+    st->cfg = *cfg;
+    st->max_patches = max_patches;
+#ifdef _OPENMP
+    st->n_threads = omp_get_max_threads();
+#else
+    st->n_threads = 1;
+#endif
+    const size_t N = (size_t)max_patches, D = (size_t)cfg->hidden, Dh = (size_t)cfg->head_dim;
+    const size_t n_units = N / (size_t)U + 1;
+    /* a span of L patches gives ceil(L / QROWS) items; spans never outnumber units */
+    st->max_work = (int)(n_units + N / VISION_ATTN_QROWS + 1);
+    st->scratch_floats = VISION_ATTN_QROWS * (VISION_ATTN_KCOLS + (int)Dh + 2);
+    int failed = 0;
+    st->row = alloc_n(N, sizeof *st->row, &failed);
+    st->col = alloc_n(N, sizeof *st->col, &failed);
+    st->window_order = alloc_n(n_units, sizeof(int32_t), &failed);
+    st->raster_order = alloc_n(n_units, sizeof(int32_t), &failed);
+    st->window_len = alloc_n(n_units, sizeof(int32_t), &failed);
+    st->segment_len = alloc_n(n_units, sizeof(int32_t), &failed);
+    st->work_window = alloc_n((size_t)st->max_work * 3, sizeof(int32_t), &failed);
+    st->work_full = alloc_n((size_t)st->max_work * 3, sizeof(int32_t), &failed);
+    st->inv_freq = alloc_n(Dh / 4, sizeof(float), &failed);
+    st->angles = alloc_n(N * Dh / 2, sizeof(float), &failed);
+    st->cos = alloc_n(N * Dh / 2, sizeof(float), &failed);
+    st->sin = alloc_n(N * Dh / 2, sizeof(float), &failed);
+    st->x = alloc_n(N * D, sizeof(float), &failed);
+    st->xn = alloc_n(N * D, sizeof(float), &failed);
+    st->qkv = alloc_n(N * 3 * D, sizeof(float), &failed);
+    st->vt = alloc_n(N * D, sizeof(float), &failed);
+    st->attn = alloc_n(N * D, sizeof(float), &failed);
+    const size_t mlp_rows = N < VISION_MLP_ROWS ? N : VISION_MLP_ROWS;
+    st->gate = alloc_n(mlp_rows * (size_t)cfg->ffn, sizeof(float), &failed);
+    st->up = alloc_n(mlp_rows * (size_t)cfg->ffn, sizeof(float), &failed);
+    st->merged = alloc_n(n_units * (size_t)cfg->out_hidden, sizeof(float), &failed);
+    st->scratch =
+        alloc_n((size_t)st->n_threads * (size_t)st->scratch_floats, sizeof(float), &failed);
+    st->layer_ms = alloc_n((size_t)cfg->depth + 2, sizeof(double), &failed);
+    if (failed) {
+        vision_state_free(st);
+        return ergo_fail(err, ERGO_E_NOMEM,
+                         "vision state: out of memory for %d patches of hidden %d", max_patches,
+                         cfg->hidden);
+    }
+    vision_rotary_inv_freq(st->inv_freq, cfg->head_dim, 10000.0f);
+    return ERGO_OK;
+}
+
+ergo_status vision_check_grid(const vision_state *st, int grid_t, int grid_h, int grid_w,
+                              ergo_error *err) {
+    const int M = st->cfg.merge;
+    if (grid_t < 1 || grid_h < 1 || grid_w < 1)
+        return ergo_fail(err, ERGO_E_ARG, "vision encoder: grid (%d, %d, %d) has an empty side",
+                         grid_t, grid_h, grid_w);
+    if (grid_h % M != 0 || grid_w % M != 0)
+        return ergo_fail(err, ERGO_E_SHAPE,
+                         "vision encoder: grid %dx%d patches is not a multiple of the merge size "
+                         "%d (image sides must be multiples of %d px)",
+                         grid_h, grid_w, M, M * st->cfg.patch);
+    const int64_t n = (int64_t)grid_t * grid_h * grid_w;
+    if (n > st->max_patches)
+        return ergo_fail(err, ERGO_E_LIMIT,
+                         "vision encoder: grid (%d, %d, %d) has %lld patches, over the limit of "
+                         "%d this state was sized for",
+                         grid_t, grid_h, grid_w, (long long)n, st->max_patches);
+    return ERGO_OK;
+}
+
+/* ---- attention ---- */
+
+/* Lists the work items of a set of consecutive spans (lengths in patches): one item
+ * per VISION_ATTN_QROWS queries of a span, as (span start, span length, query start). */
+static int attention_work(int32_t *work, const int32_t *span_len, int n_spans, int scale) {
+    int n = 0, start = 0;
+    for (int s = 0; s < n_spans; s++) {
+        const int len = span_len[s] * scale;
+        for (int q = 0; q < len; q += VISION_ATTN_QROWS, n++) {
+            work[3 * n + 0] = start;
+            work[3 * n + 1] = len;
+            work[3 * n + 2] = start + q;
+        }
+        start += len;
+    }
+    return n;
+}
+
+/* out (N, D) = softmax(q k^T / sqrt(Dh)) v per head, queries attending only to the keys
+ * of their span. q and k (already rotated) are read from qkv (N, 3D); v from vt
+ * (H, Dh, N). Each work item streams over its span in key blocks with an online
+ * softmax (running max m, running sum l, rescaled accumulator). */
+static void attention(vision_state *st, float *out, const float *qkv, const float *vt,
+                      const int32_t *work, int n_work, int N) {
+    const int D = st->cfg.hidden, H = st->cfg.n_heads, Dh = st->cfg.head_dim;
+    const int QB = VISION_ATTN_QROWS, KB = VISION_ATTN_KCOLS;
+    const float scale = 1.0f / sqrtf((float)Dh); /* head_dim ** -0.5 */
+    const int n_items = n_work * H;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(st->n_threads)
+    for (int it = 0; it < n_items; it++) {
+#ifdef _OPENMP
+        float *scr = st->scratch + (size_t)omp_get_thread_num() * (size_t)st->scratch_floats;
+#else
+        float *scr = st->scratch;
+#endif
+        float *s = scr;                        /* (QB, KB) scores, then probabilities */
+        float *acc = s + QB * KB;              /* (QB, Dh) unnormalised output */
+        float *m = acc + QB * Dh;              /* (QB) running max */
+        float *l = m + QB;                     /* (QB) running sum of exp */
+        const int32_t *w = work + 3 * (it / H);
+        const int h = it % H;
+        const int span0 = w[0], span_end = w[0] + w[1], q0 = w[2];
+        const int nq = span_end - q0 < QB ? span_end - q0 : QB;
+        for (int i = 0; i < nq; i++) {
+            m[i] = -INFINITY;
+            l[i] = 0.0f;
+            memset(acc + (size_t)i * Dh, 0, sizeof(float) * (size_t)Dh);
+        }
+        for (int k0 = span0; k0 < span_end; k0 += KB) {
+            const int nk = span_end - k0 < KB ? span_end - k0 : KB;
+            for (int i = 0; i < nq; i++) {
+                const float *q = qkv + (size_t)(q0 + i) * 3 * D + (size_t)h * Dh;
+                float *si = s + (size_t)i * KB;
+                float mx = m[i];
+                /* scores of this key block, scaled as SDPA scales them */
+                for (int j = 0; j < nk; j++) {
+                    const float *k = qkv + (size_t)(k0 + j) * 3 * D + D + (size_t)h * Dh;
+                    si[j] = kern.dot_f32(q, k, (size_t)Dh) * scale;
+                    mx = si[j] > mx ? si[j] : mx;
+                }
+                /* rescale what was accumulated under the old max (exp(-inf) = 0 at first) */
+                const float corr = expf(m[i] - mx);
+                float sum = 0.0f;
+                for (int j = 0; j < nk; j++) {
+                    si[j] = expf(si[j] - mx);
+                    sum += si[j];
+                }
+                l[i] = l[i] * corr + sum;
+                m[i] = mx;
+                float *ai = acc + (size_t)i * Dh;
+                /* acc = acc * corr + p @ v, one dot product per output dim over vt rows */
+                for (int d = 0; d < Dh; d++) {
+                    const float *vd = vt + ((size_t)h * Dh + d) * (size_t)N + k0;
+                    ai[d] = ai[d] * corr + kern.dot_f32(si, vd, (size_t)nk);
+                }
+            }
+        }
+        for (int i = 0; i < nq; i++) {
+            float *o = out + (size_t)(q0 + i) * D + (size_t)h * Dh;
+            const float inv = 1.0f / l[i];
+            for (int d = 0; d < Dh; d++) o[d] = acc[(size_t)i * Dh + d] * inv;
+        }
+    }
+}
+
+/* q and k of every token rotated in place: x*cos + rotate_half(x)*sin, where
+ * rotate_half pairs dim i with i + Dh/2 and both use angle i (the reference
+ * duplicates its Dh/2 angles to Dh). cos/sin (N, Dh/2) in window order. */
+static void rotary_apply(vision_state *st, float *qkv, int N) {
+    const int D = st->cfg.hidden, H = st->cfg.n_heads, Dh = st->cfg.head_dim, half = Dh / 2;
+#pragma omp parallel for schedule(static) num_threads(st->n_threads) if (N > 64)
+    for (int p = 0; p < N; p++) {
+        const float *c = st->cos + (size_t)p * half, *s = st->sin + (size_t)p * half;
+        for (int part = 0; part < 2; part++) /* q, then k */
+            for (int h = 0; h < H; h++) {
+                float *x = qkv + (size_t)p * 3 * D + (size_t)part * D + (size_t)h * Dh;
+                for (int i = 0; i < half; i++) {
+                    const float a = x[i], b = x[i + half];
+                    x[i] = a * c[i] + -b * s[i];
+                    x[i + half] = b * c[i] + a * s[i];
+                }
+            }
+    }
+}
+
+/* vt (H, Dh, N) = the v third of qkv (N, 3D), transposed per head. */
+static void transpose_v(vision_state *st, float *vt, const float *qkv, int N) {
+    const int D = st->cfg.hidden;
+#pragma omp parallel for schedule(static) num_threads(st->n_threads) if (N > 64)
+    for (int c = 0; c < D; c++) /* c = h * Dh + d */
+        for (int p = 0; p < N; p++) vt[(size_t)c * N + p] = qkv[(size_t)p * 3 * D + 2 * D + c];
+}
+
+/* ---- the forward pass ---- */
+
+ergo_status vision_encode(const model *m, vision_state *st, const float *pixel_values, int grid_t,
+                          int grid_h, int grid_w, float *out, ergo_error *err) {
+    const vision_config *cfg = &m->config.vision;
+    const vision_weights *w = &m->weights.vision;
+    if (cfg->hidden != st->cfg.hidden || cfg->ffn != st->cfg.ffn ||
+        cfg->n_heads != st->cfg.n_heads || cfg->depth != st->cfg.depth ||
+        cfg->merge != st->cfg.merge || cfg->out_hidden != st->cfg.out_hidden)
+        return ergo_fail(err, ERGO_E_ARG,
+                         "vision encoder: the state was sized for another vision config "
+                         "(hidden %d, depth %d; the model has hidden %d, depth %d)",
+                         st->cfg.hidden, st->cfg.depth, cfg->hidden, cfg->depth);
+    if (!pixel_values || !out)
+        return ergo_fail(err, ERGO_E_ARG, "vision encoder: no pixel_values or no output buffer");
+    ergo_status s = vision_check_grid(st, grid_t, grid_h, grid_w, err);
+    if (s) return s;
+
+    double t0 = now_ms();
+    const int M = cfg->merge, U = M * M;
+    const int D = cfg->hidden, F = cfg->ffn, Dh = cfg->head_dim, Do = cfg->out_hidden;
+    const int N = grid_t * grid_h * grid_w;             /* patches */
+    const int NU = N / U;                               /* merge units = output tokens */
+    const int K = cfg->in_channels * cfg->temporal_patch * cfg->patch * cfg->patch; /* 1176 */
+    const int wu = cfg->window / cfg->patch / M;        /* window side in units, 4 */
+    const float eps = (float)cfg->rms_eps;              /* 1e-6 */
+
+    /* bookkeeping: positions, windows, spans (positions.h) */
+    vision_patch_positions(grid_t, grid_h, grid_w, M, st->row, st->col);
+    const int n_windows = vision_window_order(grid_t, grid_h / M, grid_w / M, wu,
+                                              st->window_order, st->raster_order, st->window_len);
+    const int n_frames = vision_frame_segments(grid_t, grid_h, grid_w, st->segment_len);
+    const int n_work_window = attention_work(st->work_window, st->window_len, n_windows, U);
+    const int n_work_full = attention_work(st->work_full, st->segment_len, n_frames, 1);
+
+    /* rotary angles in processor order, then cos/sin gathered into window order */
+    vision_rotary_angles(st->angles, st->row, st->col, N, st->inv_freq, Dh);
+    for (int i = 0; i < NU; i++)
+        for (int k = 0; k < U; k++) {
+            const float *a = st->angles + ((size_t)st->window_order[i] * U + k) * (Dh / 2);
+            float *c = st->cos + ((size_t)i * U + k) * (Dh / 2);
+            float *sn = st->sin + ((size_t)i * U + k) * (Dh / 2);
+            for (int j = 0; j < Dh / 2; j++) {
+                c[j] = cosf(a[j]);
+                sn[j] = sinf(a[j]);
+            }
+        }
+
+    /* patch_embed: Conv3d with stride = kernel = one dot of each 1176-long row */
+    linear(st->xn, pixel_values, &w->patch_embed, NULL, N, K, D);       /* (N, D) */
+    trace(st, "patch_embed", st->xn, N, D);
+    /* window permutation: unit i of the window order <- raster unit window_order[i] */
+    for (int i = 0; i < NU; i++)
+        memcpy(st->x + (size_t)i * U * D, st->xn + (size_t)st->window_order[i] * U * D,
+               sizeof(float) * (size_t)U * D);
+    st->layer_ms[0] = now_ms() - t0;
+
+    for (int l = 0; l < cfg->depth; l++) {
+        t0 = now_ms();
+        const vision_block_weights *b = &w->blocks[l];
+        const int full = vision_layer_is_full_attention(cfg, l);
+        rmsnorm(st->xn, st->x, b->norm1.data, kd(&b->norm1), N, D, eps);    /* norm1 (N, D) */
+        linear(st->qkv, st->xn, &b->qkv_w, &b->qkv_b, N, D, 3 * D);         /* attn.qkv (N, 3D) */
+        rotary_apply(st, st->qkv, N);                                       /* q, k rotated */
+        transpose_v(st, st->vt, st->qkv, N);                                /* v (H, Dh, N) */
+        if (full) /* the whole frame, as cu_seqlens */
+            attention(st, st->attn, st->qkv, st->vt, st->work_full, n_work_full, N);
+        else      /* each window alone, as cu_window_seqlens */
+            attention(st, st->attn, st->qkv, st->vt, st->work_window, n_work_window, N);
+        linear(st->xn, st->attn, &b->proj_w, &b->proj_b, N, D, D);         /* attn.proj (N, D) */
+        add_inplace(st->x, st->xn, (size_t)N * D);                          /* x += attn */
+        rmsnorm(st->xn, st->x, b->norm2.data, kd(&b->norm2), N, D, eps);    /* norm2 (N, D) */
+        for (int r0 = 0; r0 < N; r0 += VISION_MLP_ROWS) {  /* MLP in row chunks */
+            const int nr = N - r0 < VISION_MLP_ROWS ? N - r0 : VISION_MLP_ROWS;
+            const float *xr = st->xn + (size_t)r0 * D;
+            linear(st->gate, xr, &b->gate_w, &b->gate_b, nr, D, F);         /* mlp.gate_proj */
+            linear(st->up, xr, &b->up_w, &b->up_b, nr, D, F);               /* mlp.up_proj */
+            silu_mul(st->gate, st->up, (size_t)nr * F);                     /* silu(g) * u */
+            linear(st->attn + (size_t)r0 * D, st->gate, &b->down_w, &b->down_b, nr, F,
+                   D);                                                      /* mlp.down_proj */
+        }
+        add_inplace(st->x, st->attn, (size_t)N * D);                        /* x += mlp */
+        char name[32];
+        snprintf(name, sizeof name, "blocks.%d", l);
+        trace(st, name, st->x, N, D);
+        st->layer_ms[1 + l] = now_ms() - t0;
+    }
+
+    /* merger: ln_q per patch, the U patches of a unit as one (U*D) row, MLP */
+    t0 = now_ms();
+    rmsnorm(st->xn, st->x, w->merger_ln_q.data, kd(&w->merger_ln_q), N, D, eps); /* ln_q */
+    linear(st->attn, st->xn, &w->merger_fc1_w, &w->merger_fc1_b, NU, U * D,
+           U * D);                                                          /* mlp.0 (NU, UD) */
+    gelu_erf(st->attn, (size_t)NU * U * D);                                 /* mlp.1, erf GELU */
+    linear(st->merged, st->attn, &w->merger_fc2_w, &w->merger_fc2_b, NU, U * D,
+           Do);                                                             /* mlp.2 (NU, Do) */
+    trace(st, "merger", st->merged, NU, Do);
+    /* inverse permutation: raster unit j <- window position raster_order[j] */
+    for (int j = 0; j < NU; j++)
+        memcpy(out + (size_t)j * Do, st->merged + (size_t)st->raster_order[j] * Do,
+               sizeof(float) * (size_t)Do);
+    st->layer_ms[1 + cfg->depth] = now_ms() - t0;
+    return ERGO_OK;
+}
+
+ergo_status vision_encode_batch(const model *m, vision_state *st, const float *pixel_values,
+                                const int32_t *grid_thw, int n_images, float *out,
+                                ergo_error *err) {
+    const vision_config *cfg = &m->config.vision;
+    const size_t K = (size_t)cfg->in_channels * cfg->temporal_patch * cfg->patch * cfg->patch;
+    const int U = cfg->merge * cfg->merge;
+    if (n_images < 0 || (n_images > 0 && !grid_thw))
+        return ergo_fail(err, ERGO_E_ARG, "vision encoder: %d images without grids", n_images);
+    size_t row = 0, tok = 0;
+    for (int i = 0; i < n_images; i++) {
+        const int t = grid_thw[3 * i], h = grid_thw[3 * i + 1], wd = grid_thw[3 * i + 2];
+        ergo_status s = vision_encode(m, st, pixel_values + row * K, t, h, wd,
+                                      out + tok * (size_t)cfg->out_hidden, err);
+        if (s) {
+            ergo_error_prefix(err, "image %d of %d: ", i + 1, n_images);
+            return s;
+        }
+        const size_t n = (size_t)t * (size_t)h * (size_t)wd;
+        row += n;
+        tok += n / (size_t)U;
+    }
+    return ERGO_OK;
+}
+
+void vision_trace_dump(void *dir, const char *name, const float *data, int rows, int cols) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/vision.%s.f32", (const char *)dir, name);
+    ergo_error err = {0};
+    /* a debugging aid: a failed write is reported and otherwise ignored */
+    if (file_write_all(path, data, sizeof(float) * (size_t)rows * (size_t)cols, &err) != ERGO_OK)
+        fprintf(stderr, "ergo: trace: %s\n", err.msg);
+}
