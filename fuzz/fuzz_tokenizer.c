@@ -1,5 +1,6 @@
 /*
- * fuzz_tokenizer.c - libFuzzer target: the input is a tokenizer.json; see
+ * fuzz_tokenizer.c - libFuzzer target: the input is a tokenizer.json (and
+ * optionally a tokenizer_config.json after a "#tokenizer_config.json" line); see
  * src/tokenizer/tokenizer_fuzz.c. Seeds: tests/fuzz_corpus/tokenizer/.
  */
 #include <stddef.h>

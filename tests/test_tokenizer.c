@@ -8,12 +8,17 @@
  *   normalize.json  NFC
  *   variants.json   small tokenizer.json files using the options Qwen does not
  *                   (added-token flags, byte fallback, unk, ignore_merges, ...)
+ *   configs.json    tokenizer_config.json next to two variants, as AutoTokenizer loads
+ *                   them: ids, decodes (clean-up), special ids, model_max_length; and
+ *                   the configs ergo refuses
  * plus refusals with their messages, the CLI (ERGO_BIN) and the fuzz corpus replay.
  */
 #include <dirent.h>
+#include <errno.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <utf8proc.h>
@@ -22,6 +27,7 @@
 #include "check.h"
 #include "tokenizer/normalize.h"
 #include "tokenizer/pretokenize.h"
+#include "tokenizer/tokenizer_config.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/tokenizer_fuzz.h"
 #include "tokenizer/unicode_tables.h"
@@ -245,6 +251,248 @@ static void test_variants(const json_t *variants) {
     }
 }
 
+/* ---------------------------------------------------------------- tokenizer_config.json */
+
+/* Writes dir/tokenizer.json (a copy of the fixture variant) and dir/tokenizer_config.json. */
+static int write_config_dir(const char *dir, const char *variant, const char *config) {
+    char src[1024], dst[1024];
+    ergo_error err = {0};
+    char *buf;
+    size_t n;
+    snprintf(src, sizeof src, "%s/tokenizer/%s", fixtures_dir(), variant);
+    if ((mkdir(dir, 0755) != 0 && errno != EEXIST) || file_read_all(src, 64u << 20, &buf, &n, &err))
+        return 0;
+    snprintf(dst, sizeof dst, "%s/tokenizer.json", dir);
+    int ok = file_write_all(dst, buf, n, &err) == ERGO_OK;
+    free(buf);
+    snprintf(dst, sizeof dst, "%s/tokenizer_config.json", dir);
+    if (config) ok = ok && file_write_all(dst, config, strlen(config), &err) == ERGO_OK;
+    return ok;
+}
+
+static void check_config_case(const json_t *c) {
+    const char *name = json_string_value(json_object_get(c, "name"));
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/config-%s", scratch_dir(), name);
+    CHECK(write_config_dir(dir, json_string_value(json_object_get(c, "file")),
+                           json_string_value(json_object_get(c, "config_text"))),
+          "config %s: cannot write %s", name, dir);
+    ergo_error err = {0};
+    tokenizer *tok;
+    ergo_status st = tokenizer_load(&tok, dir, &err);
+    CHECK(st == ERGO_OK, "config %s: %s", name, err.msg);
+    if (st != ERGO_OK) return;
+    const tokenizer_settings *set = tokenizer_get_settings(tok);
+    const json_t *mml = json_object_get(c, "model_max_length");
+    int64_t want_mml = json_is_integer(mml) ? (int64_t)json_integer_value(mml) : INT64_MAX;
+    CHECK(set->has_config &&
+              set->clean_up_tokenization_spaces ==
+                  json_is_true(json_object_get(c, "clean_up_tokenization_spaces")) &&
+              set->split_special_tokens == json_is_true(json_object_get(c, "split_special_tokens")) &&
+              set->model_max_length == want_mml,
+          "config %s: settings %d %d %d %lld, want clean_up %d split %d max %lld", name,
+          set->has_config, set->clean_up_tokenization_spaces, set->split_special_tokens,
+          (long long)set->model_max_length,
+          json_is_true(json_object_get(c, "clean_up_tokenization_spaces")),
+          json_is_true(json_object_get(c, "split_special_tokens")), (long long)want_mml);
+    size_t k;
+    const json_t *e;
+    tok_ids got = {0}, want = {0};
+    json_array_foreach(json_object_get(c, "encode"), k, e) {
+        const json_t *text = json_object_get(e, "text");
+        char label[160];
+        snprintf(label, sizeof label, "config %s text %zu", name, k);
+        got.n = 0;
+        st = tokenizer_encode(tok, json_string_value(text), json_string_length(text), &got, &err);
+        CHECK(st == ERGO_OK, "%s: %s", label, err.msg);
+        ids_from_json(json_object_get(e, "ids"), &want);
+        CHECK_EQ_I32(got.v, got.n, want.v, want.n, label);
+    }
+    char label[160];
+    snprintf(label, sizeof label, "config %s", name);
+    check_decode_cases(tok, json_object_get(c, "decode"), label);
+    /* Special ids: tokenizer.json's, plus the added tokens the config names. */
+    ids_from_json(json_object_get(c, "special_ids"), &want);
+    got.n = 0;
+    for (int32_t id = 0; id < tokenizer_n_ids(tok); id++)
+        if (tokenizer_is_special(tok, id)) tok_ids_push(&got, id, &err);
+    snprintf(label, sizeof label, "config %s special ids", name);
+    CHECK_EQ_I32(got.v, got.n, want.v, want.n, label);
+    tok_ids_free(&got);
+    tok_ids_free(&want);
+    tokenizer_free(tok);
+}
+
+/* What ergo says when it refuses each of the fixture's refused configs. */
+static const struct {
+    const char *name, *needle;
+} config_refusals[] = {
+    {"new_special", "additional_special_tokens[0] \"<new>\" is not an added token of tokenizer.json"},
+    {"vocab_special", "eos_token \"ab\" is not an added token"},
+    {"default_specials", "eos_token (Qwen2TokenizerFast's default) \"<|endoftext|>\" is not an added token"},
+    {"decoder_flags", "\"[L]\" has other flags than in tokenizer.json"},
+    {"decoder_extra", "added_tokens_decoder[500] \"<extra>\" is not an added token"},
+    {"additional_dict_flags", "additional_special_tokens[0] \"[L]\" has other flags"},
+    {"other_class", "tokenizer_class GPT2Tokenizer is not supported"},
+    {"prefix_space_bytelevel", "add_prefix_space true on a single ByteLevel pre-tokenizer"},
+};
+
+static void expect_config_refused(const char *label, const char *variant, const char *config,
+                                  const char *needle) {
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/config-%s", scratch_dir(), label);
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    CHECK(write_config_dir(dir, variant, config), "config %s: cannot write %s", label, dir);
+    ergo_error err = {0};
+    tokenizer *tok = (tokenizer *)1;
+    ergo_status st = tokenizer_load(&tok, dir, &err);
+    CHECK(st != ERGO_OK && tok == NULL && strstr(err.msg, needle) && strstr(err.msg, path),
+          "config %s: got status %d, message \"%s\", want one naming %s and \"%s\"", label,
+          (int)st, err.msg, path, needle);
+    if (st == ERGO_OK) tokenizer_free(tok);
+}
+
+/* clean_up_tokenization cut at tokconfig_clean_up_stable: the two parts cleaned
+ * apart equal the whole cleaned (what streaming relies on). */
+static void test_clean_up_cut(void) {
+    static const char alphabet[] = " .?!,'ntmsvexa\xc3\xa9";
+    uint64_t x = 12345;
+    int bad = 0;
+    for (int trial = 0; trial < 3000 && !bad; trial++) {
+        char s[24];
+        size_t n = 0;
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        size_t len = (size_t)(x >> 59) + 1; /* 1..32, capped */
+        if (len > sizeof s) len = sizeof s;
+        while (n < len) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            size_t k = (size_t)(x >> 33) % (sizeof alphabet - 3);
+            if (k == sizeof alphabet - 4 && n + 2 <= len) {
+                s[n++] = '\xc3', s[n++] = '\xa9'; /* é, a character outside the patterns */
+            } else if (k < sizeof alphabet - 4) {
+                s[n++] = alphabet[k];
+            } else {
+                break;
+            }
+        }
+        ergo_error err;
+        tok_text whole = {0};
+        tok_text_append(&whole, s, n, &err);
+        tokconfig_clean_up(&whole, 0);
+        for (size_t p = 0; p <= n && !bad; p++) {
+            size_t cut = tokconfig_clean_up_stable(s, p);
+            tok_text a = {0}, b = {0};
+            tok_text_append(&a, s, cut, &err);
+            tok_text_append(&b, s + cut, n - cut, &err);
+            tokconfig_clean_up(&a, 0);
+            tokconfig_clean_up(&b, 0);
+            tok_text_append(&a, b.s, b.n, &err);
+            if (a.n != whole.n || memcmp(a.s, whole.s, a.n)) {
+                bad = 1;
+                CHECK(0, "clean-up cut at %zu of \"%.*s\" changes the result", cut, (int)n, s);
+            }
+            tok_text_free(&a);
+            tok_text_free(&b);
+        }
+        tok_text_free(&whole);
+    }
+    CHECK(!bad, "clean-up cuts");
+}
+
+static void test_configs(const json_t *configs) {
+    size_t i;
+    const json_t *c;
+    json_array_foreach(json_object_get(configs, "cases"), i, c) check_config_case(c);
+    size_t n_refused = 0;
+    json_array_foreach(json_object_get(configs, "refused"), i, c) {
+        const char *name = json_string_value(json_object_get(c, "name"));
+        const char *needle = NULL;
+        for (size_t k = 0; k < sizeof config_refusals / sizeof config_refusals[0]; k++)
+            if (!strcmp(name, config_refusals[k].name)) needle = config_refusals[k].needle;
+        CHECK(needle != NULL, "refused config %s: no expected message in the test", name);
+        if (!needle) continue;
+        expect_config_refused(name, json_string_value(json_object_get(c, "file")),
+                              json_string_value(json_object_get(c, "config_text")), needle);
+        n_refused++;
+    }
+    CHECK(n_refused == sizeof config_refusals / sizeof config_refusals[0],
+          "%zu refused configs in the fixture, %zu in the test", n_refused,
+          sizeof config_refusals / sizeof config_refusals[0]);
+
+    /* The Qwen config: its settings, and (test_real_tokenizer) its ids. */
+    ergo_error err = {0};
+    tokenizer *tok;
+    ergo_status st = tokenizer_load(&tok, ASSETS, &err);
+    CHECK(st == ERGO_OK, "qwen: %s", err.msg);
+    if (st == ERGO_OK) {
+        const json_t *q = json_object_get(configs, "qwen");
+        const tokenizer_settings *set = tokenizer_get_settings(tok);
+        CHECK(set->has_config &&
+                  set->model_max_length == json_integer_value(json_object_get(q, "model_max_length")) &&
+                  set->clean_up_tokenization_spaces ==
+                      json_is_true(json_object_get(q, "clean_up_tokenization_spaces")) &&
+                  set->split_special_tokens == json_is_true(json_object_get(q, "split_special_tokens")),
+              "qwen settings: max %lld clean_up %d split %d", (long long)set->model_max_length,
+              set->clean_up_tokenization_spaces, set->split_special_tokens);
+        tokenizer_free(tok);
+    }
+
+    /* Without a config: tokenizers' semantics and the defaults. */
+    const char *pairs = "variants/pairs.json";
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/config-none", scratch_dir());
+    CHECK(write_config_dir(dir, pairs, NULL), "cannot write %s", dir);
+    st = tokenizer_load(&tok, dir, &err);
+    CHECK(st == ERGO_OK, "no config: %s", err.msg);
+    if (st == ERGO_OK) {
+        const tokenizer_settings *set = tokenizer_get_settings(tok);
+        CHECK(!set->has_config && !set->clean_up_tokenization_spaces &&
+                  !set->split_special_tokens && set->model_max_length == INT64_MAX,
+              "no config: defaults");
+        tokenizer_free(tok);
+    }
+
+    /* Refusals that need no reference: bad files and settings ergo does not read. */
+    const char *specials = "\"eos_token\":\"<|s|>\",\"pad_token\":null,\"unk_token\":null";
+    char cfg[1024];
+    expect_config_refused("bad_json", pairs, "{\"eos_token\": }", "invalid JSON at byte");
+    expect_config_refused("dup_key", pairs, "{\"eos_token\":null,\"eos_token\":null}", "duplicate object key");
+    expect_config_refused("not_object", pairs, "[]", "not a JSON object");
+    snprintf(cfg, sizeof cfg, "{%s,\"clean_up_tokenization_spaces\":1}", specials);
+    expect_config_refused("clean_up_int", pairs, cfg, "key `clean_up_tokenization_spaces' is not a boolean");
+    snprintf(cfg, sizeof cfg, "{%s,\"model_max_length\":-4}", specials);
+    expect_config_refused("max_negative", pairs, cfg, "model_max_length is not a non-negative integer");
+    snprintf(cfg, sizeof cfg, "{%s,\"max_len\":1.5}", specials);
+    expect_config_refused("max_len_fraction", pairs, cfg, "max_len is not a non-negative integer");
+    snprintf(cfg, sizeof cfg, "{%s,\"tokenizer_file\":null}", specials);
+    expect_config_refused("tokenizer_file", pairs, cfg, "tokenizer_file is not supported");
+    snprintf(cfg, sizeof cfg, "{%s,\"from_slow\":true}", specials);
+    expect_config_refused("from_slow", pairs, cfg, "from_slow is not supported");
+    snprintf(cfg, sizeof cfg, "{%s,\"additional_special_tokens\":\"[L]\"}", specials);
+    expect_config_refused("additional_not_list", pairs, cfg, "additional_special_tokens is not a list");
+    snprintf(cfg, sizeof cfg, "{%s,\"extra_special_tokens\":[\"[L]\"]}", specials);
+    expect_config_refused("extra_not_object", pairs, cfg, "extra_special_tokens is not an object");
+    snprintf(cfg, sizeof cfg, "{%s,\"bos_token\":{\"content\":\"[L]\"}}", specials);
+    expect_config_refused("dict_untyped", pairs, cfg, "bos_token is a dict without \"__type\"");
+    snprintf(cfg, sizeof cfg, "{%s,\"bos_token\":7}", specials);
+    expect_config_refused("special_number", pairs, cfg, "bos_token is neither a string nor an AddedToken");
+    snprintf(cfg, sizeof cfg, "{%s,\"added_tokens_decoder\":{\"400\":{\"content\":\"[L]\",\"lstrip\":true,\"special\":true}}}", specials);
+    expect_config_refused("decoder_id", pairs, cfg, "\"[L]\" has id 408 in tokenizer.json");
+    snprintf(cfg, sizeof cfg, "{%s,\"added_tokens_decoder\":{\"x\":{\"content\":\"[L]\"}}}", specials);
+    expect_config_refused("decoder_key", pairs, cfg, "added_tokens_decoder[x]: the key is not an id");
+    snprintf(cfg, sizeof cfg, "{%s,\"added_tokens_decoder\":{\"408\":{\"content\":\"[L]\",\"color\":true}}}", specials);
+    expect_config_refused("decoder_unknown_key", pairs, cfg, "unknown key `color'");
+    /* Without added_tokens_decoder transformers also reads special_tokens_map.json. */
+    snprintf(dir, sizeof dir, "%s/config-side_file", scratch_dir());
+    snprintf(cfg, sizeof cfg, "{%s}", specials);
+    CHECK(write_config_dir(dir, pairs, cfg), "cannot write %s", dir);
+    char side[1100];
+    snprintf(side, sizeof side, "%s/special_tokens_map.json", dir);
+    file_write_all(side, "{}", 2, &err);
+    expect_config_refused("side_file", pairs, cfg, "so transformers would read");
+    test_clean_up_cut();
+}
+
 /* ---------------------------------------------------------------- NFC and regex */
 
 static void test_normalize(const json_t *cases) {
@@ -403,21 +651,24 @@ static void test_refusals(void) {
     CHECK(st == ERGO_E_IO && strstr(err.msg, "tokenizer.json: no such file"), "missing file: %s", err.msg);
     expect_refused("malformed", "{\"model\": {\"vocab\": {\"a\": 0,}}", "invalid JSON");
     expect_refused("not_object", "[1, 2]", "not a JSON object");
-    /* The JSON grammar, as the streaming reader checks it. */
-    expect_refused("dup_key", "{\"model\": {}, \"model\": {}}", "duplicate key `model'");
-    expect_refused("trailing", "{} x", "invalid JSON at byte 3: text after the end");
-    expect_refused("lone_surrogate", "{\"a\": \"\\ud800\"}", "lone high surrogate");
+    /* The JSON grammar, as jansson checks it (base/json.c: duplicate keys refused). */
+    expect_refused("dup_key", "{\"model\": {}, \"model\": {}}", "duplicate object key near '\"model\"'");
+    expect_refused("dup_vocab_key", "{\"model\": {\"vocab\": {\"a\": 0, \"a\": 1}}}", "duplicate object key");
+    expect_refused("trailing", "{} x", "invalid JSON at byte 4: end of file expected");
+    expect_refused("lone_surrogate", "{\"a\": \"\\ud800\"}", "invalid Unicode '\\uD800'");
     expect_refused("nul_escape", "{\"a\": \"\\u0000\"}", "\\u0000 is not allowed");
-    expect_refused("bad_utf8", "{\"a\": \"\xff\"}", "invalid UTF-8 in a string");
-    expect_refused("control_char", "{\"a\": \"x\ty\"}", "control character in a string");
+    expect_refused("nul_key", "{\"model\": {\"vocab\": {\"\\u0000\": 0}}}", "NUL byte in object key");
+    expect_refused("bad_utf8", "{\"a\": \"\xff\"}", "unable to decode byte 0xff");
+    expect_refused("control_char", "{\"a\": \"x\ty\"}", "control character 0x9");
     expect_refused("bad_number", "{\"a\": 01}", "invalid JSON");
+    expect_refused("huge_id", "{\"model\": {\"vocab\": {\"a\": 123456789012345678901234567890}}}", "too big integer");
     expect_refused("vocab_float", "{\"model\": {\"vocab\": {\"a\": 1.0}}}", "vocabulary entry \"a\" has no integer id");
-    expect_refused("vocab_trailing_comma", "{\"model\": {\"vocab\": {\"a\": 0,}}}", "expected a string key");
+    expect_refused("vocab_trailing_comma", "{\"model\": {\"vocab\": {\"a\": 0,}}}", "string or '}' expected");
     expect_refused("merges_unterminated", "{\"model\": {\"merges\": [\"a b\"", "invalid JSON");
-    char deep[2200];
-    memset(deep, '[', 2000);
-    deep[2000] = 0;
-    expect_refused("deep", deep, "nested too deeply");
+    char deep[3200];
+    memset(deep, '[', 3000); /* jansson stops at depth 2048 */
+    deep[3000] = 0;
+    expect_refused("deep", deep, "maximum parsing depth reached");
 
     const char *vocab = "{\"a\":0,\"b\":1,\"ab\":2,\"\\u0120\":3}";
     char buf[4096];
@@ -547,7 +798,7 @@ static void test_fuzz_corpus(void) {
     DIR *d = opendir(dir);
     CHECK(d != NULL, "cannot open %s", dir);
     if (!d) return;
-    int files = 0, loaded = 0;
+    int files = 0, loaded = 0, configs = 0, configs_loaded = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
         if (e->d_name[0] == '.') continue;
@@ -557,21 +808,27 @@ static void test_fuzz_corpus(void) {
         size_t n;
         ergo_error err;
         if (file_read_all(path, 64u << 20, &buf, &n, &err) != ERGO_OK) continue;
-        loaded += tokenizer_fuzz_one((const uint8_t *)buf, n);
+        int ok = tokenizer_fuzz_one((const uint8_t *)buf, n);
+        loaded += ok;
         files++;
+        /* The seeds with a tokenizer_config.json part must load with it. */
+        if (strstr(e->d_name, "_config")) configs++, configs_loaded += ok;
         free(buf);
     }
     closedir(d);
     CHECK(files >= 10 && loaded >= 10, "fuzz corpus: %d files, %d loaded", files, loaded);
+    CHECK(configs >= 2 && configs_loaded == configs, "fuzz corpus: %d seeds with a config, %d loaded",
+          configs, configs_loaded);
 }
 
 void test_tokenizer(void) {
     json_t *encode = load_fixture("encode.json"), *decode = load_fixture("decode.json");
     json_t *normalize = load_fixture("normalize.json"), *variants = load_fixture("variants.json");
-    json_t *folds = load_fixture("case_folds.json");
+    json_t *folds = load_fixture("case_folds.json"), *configs = load_fixture("configs.json");
     if (encode && decode) test_real_tokenizer(encode, decode);
     if (normalize) test_normalize(normalize);
     if (variants) test_variants(variants);
+    if (configs) test_configs(configs);
     test_regex_classes();
     if (folds) test_case_folds(folds);
     test_refusals();
@@ -582,4 +839,5 @@ void test_tokenizer(void) {
     json_decref(normalize);
     json_decref(variants);
     json_decref(folds);
+    json_decref(configs);
 }

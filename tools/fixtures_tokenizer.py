@@ -19,7 +19,12 @@ Writes
   variants.json   small tokenizer.json files (variants/*.json) exercising the options the
                   Qwen file does not use (string merges, added-token flags, byte fallback,
                   unk, ignore_merges, GPT-2 ByteLevel regex), with their encode/decode results
-and copies the variants into tests/fuzz_corpus/tokenizer/ as fuzzing seeds.
+  configs.json    tokenizer_config.json files for two variants, as AutoTokenizer loads them
+                  (Qwen2TokenizerFast): clean_up_tokenization_spaces, split_special_tokens,
+                  special tokens, model_max_length; and the configs ergo refuses
+and copies the variants into tests/fuzz_corpus/tokenizer/ as fuzzing seeds, with a few
+hand-written tiny seeds (two of them followed by a tokenizer_config.json, see
+src/tokenizer/tokenizer_fuzz.h).
 """
 import copy
 import json
@@ -27,6 +32,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 
 import PIL
 import tokenizers
@@ -540,6 +546,142 @@ def run_variants():
     return result
 
 
+# ---------------------------------------------------------------- tokenizer_config.json
+
+# Texts whose decode clean_up_tokenization changes (" ." " ?" " !" " ," " ' " " n't" " 'm"
+# " 's" " 've" " 're"), including overlaps between the replacements.
+CLEAN_TEXTS = [
+    "Hello , world . Is it ? Yes ! ok",
+    "it 's I 'm we 've they 're don n't ' quoted ' s",
+    " ' ' ' x ' 's ' 'm  n't .  . ,, ?? !!",
+    "a . b .. c , d ' e 'se 'ree 'vee n'tn't",
+    "  .x ' . ' , ' 're' 've'",
+]
+
+
+def config_base(d):
+    """A tokenizer_config.json for a variant shaped like Qwen's (tokenizer_class, the
+    special tokens, added_tokens_decoder equal to tokenizer.json's)."""
+    return {
+        "add_bos_token": False, "add_prefix_space": False,
+        "added_tokens_decoder": {str(a["id"]): {k: v for k, v in a.items() if k != "id"} for a in d["added_tokens"]},
+        "additional_special_tokens": ["<|s|>", "[L]"],
+        "bos_token": None, "clean_up_tokenization_spaces": False, "eos_token": "<|s|>",
+        "errors": "replace", "model_max_length": 131072, "pad_token": "<|s|>",
+        "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
+    }
+
+
+def config_cases(vs):
+    pairs, gpt2 = vs["pairs"], vs["gpt2_bytelevel"]
+    b = config_base(pairs)
+    no_atd = {k: v for k, v in b.items() if k != "added_tokens_decoder"}
+    atd_flags = copy.deepcopy(b["added_tokens_decoder"])
+    atd_flags[next(k for k, v in atd_flags.items() if v["content"] == "[L]")]["lstrip"] = False
+    # a named special token missing from added_tokens_decoder is not re-added, so stays as it is
+    atd_partial = {k: v for k, v in b["added_tokens_decoder"].items() if v["content"] != "word"}
+    atd_extra = dict(b["added_tokens_decoder"], **{"500": {"content": "<extra>", "special": True}})
+    accepted = [
+        ("qwen_like", "pairs", b),
+        ("clean_up", "pairs", dict(b, clean_up_tokenization_spaces=True)),
+        ("split_special", "pairs", dict(b, split_special_tokens=True)),
+        # non-special added tokens named as special tokens become special (one normalized)
+        ("promoted", "pairs", dict(b, additional_special_tokens=["<|s|>", "word", "ca\u0301fe"],
+                                   added_tokens_decoder=None)),
+        ("promoted_split", "pairs", dict(no_atd, additional_special_tokens=["word", "ca\u0301fe"],
+                                         extra_special_tokens={"image_token": "<sw>"},
+                                         split_special_tokens=True)),
+        ("decoder_partial", "pairs", dict(b, added_tokens_decoder=atd_partial,
+                                          additional_special_tokens=["<|s|>", "word"])),
+        # settings Qwen2TokenizerFast does not act on
+        ("bos_eos_ignored", "pairs", dict(b, add_bos_token=True, add_eos_token=True, bos_token="[R]")),
+        ("prefix_space_sequence", "pairs", dict(b, add_prefix_space=True)),
+        ("mask_dict", "pairs", dict(b, mask_token={"__type": "AddedToken", "content": "[LR]", "lstrip": False,
+                                                   "rstrip": False, "normalized": True, "single_word": False})),
+        ("huge_max_length", "pairs", dict(no_atd, model_max_length=1000000000000000019884624838656)),
+        ("max_len_alias", "pairs", dict({k: v for k, v in no_atd.items() if k != "model_max_length"}, max_len=77)),
+        ("no_max_length", "pairs", {k: v for k, v in no_atd.items() if k != "model_max_length"}),
+        ("gpt2_bytelevel", "gpt2_bytelevel",
+         {"tokenizer_class": "Qwen2TokenizerFast", "eos_token": None, "pad_token": None, "unk_token": None,
+          "add_prefix_space": False, "clean_up_tokenization_spaces": True}),
+    ]
+    refused = [
+        ("new_special", "pairs", dict(b, additional_special_tokens=["<new>"])),
+        ("vocab_special", "pairs", dict(b, eos_token="ab")),
+        ("default_specials", "pairs", {"tokenizer_class": "Qwen2Tokenizer"}),
+        ("decoder_flags", "pairs", dict(b, added_tokens_decoder=atd_flags)),
+        ("decoder_extra", "pairs", dict(b, added_tokens_decoder=atd_extra)),
+        ("additional_dict_flags", "pairs",
+         dict(b, additional_special_tokens=[{"__type": "AddedToken", "content": "[L]", "lstrip": False}])),
+        ("other_class", "pairs", dict(b, tokenizer_class="GPT2Tokenizer")),
+        ("prefix_space_bytelevel", "gpt2_bytelevel",
+         {"tokenizer_class": "Qwen2Tokenizer", "eos_token": None, "pad_token": None, "unk_token": None,
+          "add_prefix_space": True}),
+    ]
+    for _, _, c in accepted + refused:
+        if c.get("added_tokens_decoder", 0) is None:
+            del c["added_tokens_decoder"]
+    return accepted, refused
+
+
+def reference_results(tk, texts):
+    """What a transformers tokenizer does with the variant texts: ids, decodes, specials."""
+    enc = [{"text": t, "ids": tk(t)["input_ids"]} for t in texts]
+    n = len(tk)
+    rnd = random.Random(n)
+    dec = []
+    for e in enc:
+        for skip in (False, True):
+            dec.append({"ids": e["ids"], "skip_special": skip, "text": tk.decode(e["ids"], skip_special_tokens=skip)})
+    for k in range(6):
+        ids = [rnd.randrange(n) for _ in range(rnd.randint(1, 16))]
+        for skip in (False, True):
+            dec.append({"ids": ids, "skip_special": skip, "text": tk.decode(ids, skip_special_tokens=skip)})
+    added = sorted(tk._tokenizer.get_added_tokens_decoder())
+    special = [i for i in added if tk._tokenizer.decode([i], skip_special_tokens=True) == ""]
+    return {"encode": enc, "decode": dec, "special_ids": special}
+
+
+def run_configs(vs, tmp):
+    """Variant tokenizer.json + tokenizer_config.json in a folder, loaded the way
+    ergo's reference loads Qwen (AutoTokenizer.from_pretrained)."""
+    accepted, refused = config_cases(vs)
+    texts = VARIANT_TEXTS + CLEAN_TEXTS + ["a word b <sw> c ca\u0301fe [L] [R] [LR] <|s|>"]
+
+    def load(name, variant, cfg):
+        d = os.path.join(tmp, name)
+        os.makedirs(d, exist_ok=True)
+        shutil.copy(os.path.join(OUT, "variants", variant + ".json"), os.path.join(d, "tokenizer.json"))
+        with open(os.path.join(d, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg, f, ensure_ascii=False)
+        return AutoTokenizer.from_pretrained(d)
+
+    cases = []
+    for name, variant, cfg in accepted:
+        tk = load(name, variant, cfg)
+        assert type(tk).__name__ == "Qwen2TokenizerFast", name
+        r = reference_results(tk, texts)
+        mml = tk.model_max_length
+        # the config as text: model_max_length may be int(1e30), beyond jansson's integers
+        cases.append({"name": name, "file": f"variants/{variant}.json",
+                      "config_text": json.dumps(cfg, ensure_ascii=False),
+                      "model_max_length": mml if mml < 2**63 else None,
+                      "clean_up_tokenization_spaces": bool(tk.clean_up_tokenization_spaces),
+                      "split_special_tokens": bool(tk.split_special_tokens), **r})
+    # Each refused config really changes what the reference does (else ergo should accept it).
+    out_refused = []
+    for name, variant, cfg in refused:
+        plain = reference_results(AutoTokenizer.from_pretrained(os.path.join(tmp, "qwen_like" if variant == "pairs" else "gpt2_bytelevel")), texts)
+        tk = load(name, variant, cfg)
+        r = reference_results(tk, texts)
+        changed = type(tk).__name__ != "Qwen2TokenizerFast" or r != plain
+        assert changed, f"{name}: the reference does not change; ergo should accept it"
+        out_refused.append({"name": name, "file": f"variants/{variant}.json",
+                            "config_text": json.dumps(cfg, ensure_ascii=False),
+                            "reference_class": type(tk).__name__})
+    return {"cases": cases, "refused": out_refused}
+
+
 # ---------------------------------------------------------------- tiny fuzzing seeds
 
 def write_tiny_seeds():
@@ -579,6 +721,29 @@ def write_tiny_seeds():
         Tokenizer.from_str(text).encode("ab abc a1 [L] w e\u0301 <s>")  # the reference accepts it
         with open(os.path.join(FUZZ, name + ".json"), "w", encoding="utf-8") as f:
             f.write(text)
+    # tokenizer.json + "\n#tokenizer_config.json\n" + tokenizer_config.json (see tokenizer_fuzz.h)
+    configs = {
+        "tiny_config": ("tiny", {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<s>", "pad_token": None,
+                                 "unk_token": None, "clean_up_tokenization_spaces": True,
+                                 "model_max_length": 64, "additional_special_tokens": ["<s>"],
+                                 "added_tokens_decoder": {"8": added(8, "<s>", special=True) | {"id": None}}}),
+        "tiny_flags_config": ("tiny_flags", {"tokenizer_class": "Qwen2TokenizerFast", "eos_token": "[L]",
+                                             "pad_token": {"__type": "AddedToken", "content": "[R]"},
+                                             "unk_token": None, "split_special_tokens": True,
+                                             "extra_special_tokens": {"x": "w"}, "max_len": 9}),
+    }
+    for name, (base, cfg) in configs.items():
+        for t in cfg.get("added_tokens_decoder", {}).values():
+            t.pop("id")
+        with tempfile.TemporaryDirectory() as tmp:  # the reference loads it
+            with open(os.path.join(tmp, "tokenizer.json"), "w", encoding="utf-8") as f:
+                json.dump(seeds[base], f, ensure_ascii=False)
+            with open(os.path.join(tmp, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+                json.dump(cfg, f, ensure_ascii=False)
+            AutoTokenizer.from_pretrained(tmp)("ab abc a1 [L] w e\u0301 <s>")
+        with open(os.path.join(FUZZ, name + ".json"), "w", encoding="utf-8") as f:
+            f.write(json.dumps(seeds[base], ensure_ascii=False) + "\n#tokenizer_config.json\n" +
+                    json.dumps(cfg, ensure_ascii=False))
 
 
 # ---------------------------------------------------------------- main
@@ -629,6 +794,12 @@ def main():
     dump("chat.json", chat)
     variants = run_variants()
     dump("variants.json", variants)
+    with tempfile.TemporaryDirectory() as tmp:
+        configs = run_configs(make_variants(), tmp)
+    configs["qwen"] = {"model_max_length": tok.model_max_length,
+                       "clean_up_tokenization_spaces": tok.clean_up_tokenization_spaces,
+                       "split_special_tokens": tok.split_special_tokens}
+    dump("configs.json", configs)
 
     os.makedirs(FUZZ, exist_ok=True)
     write_tiny_seeds()
@@ -650,6 +821,9 @@ def main():
             "case_folds.json": "BMP code points Oniguruma's (?i:x) matches, for the letters of the contractions",
             "chat.json": f"{len(chat)} conversations: processor.apply_chat_template(tokenize=False) then processor(text=[text], images=...)['input_ids']",
             "variants.json": f"{len(variants)} small tokenizer.json variants with encode/decode results (tokenizers.Tokenizer)",
+            "configs.json": f"{len(configs['cases'])} tokenizer_config.json files next to variants, loaded with AutoTokenizer.from_pretrained: "
+                            f"encode/decode/special ids; {len(configs['refused'])} configs ergo refuses (each changes the reference's results); "
+                            "the Qwen config's settings",
         },
     }
     dump("manifest.json", manifest)

@@ -1,6 +1,7 @@
 /*
  * cmd_tokenize.c - `ergo tokenize`: text to token ids (a JSON array on one
- * line) or, with --decode, ids back to text; needs only DIR/tokenizer.json.
+ * line) or, with --decode, ids back to text; needs DIR/tokenizer.json and reads
+ * DIR/tokenizer_config.json when it is there.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -23,7 +24,7 @@ static void usage(FILE *out) {
             "Prints the token ids of TEXT (or of the bytes of PATH) as a JSON array on one\n"
             "line, as the reference tokenizer (Qwen2TokenizerFast) gives them. With --decode,\n"
             "IDS (a JSON array or space-separated integers) are turned back into text.\n"
-            "DIR needs only tokenizer.json.\n");
+            "DIR needs tokenizer.json; tokenizer_config.json is read when present.\n");
 }
 
 static double now_ms(void) {

@@ -189,8 +189,9 @@ static size_t last_char_len(const char *s, size_t n) {
     return k;
 }
 
-ergo_status added_split(const added_vocab *av, int normalized_stage, pcre2_match_data *md,
-                        const char *s, size_t n, added_fn fn, void *ctx, ergo_error *err) {
+ergo_status added_split(const added_vocab *av, int normalized_stage, int split_special,
+                        pcre2_match_data *md, const char *s, size_t n, added_fn fn, void *ctx,
+                        ergo_error *err) {
     const added_trie *trie = normalized_stage ? &av->norm : &av->raw;
     if (!trie->node || trie->node[0].child < 0) return n ? fn(ctx, s, n, -1, err) : ERGO_OK;
     size_t start_offset = 0, p = 0;
@@ -209,6 +210,8 @@ ergo_status added_split(const added_vocab *av, int normalized_stage, pcre2_match
         const added_token *t = &av->tok[ti];
         size_t start = p, stop = p + mlen;
         p = stop; /* the automaton resumes after the match, whatever the flags do */
+        /* A skipped special token is plain text, and nothing inside it is searched again. */
+        if (split_special && t->special) continue;
         if (t->single_word) {
             int word_before = start > 0 && char_is(av->word_char, md, s + start - last_char_len(s, start),
                                                    last_char_len(s, start));

@@ -64,8 +64,10 @@ int32_t added_find(const added_vocab *av, const char *s, size_t n);
 typedef ergo_status (*added_fn)(void *ctx, const char *s, size_t n, int32_t id, ergo_error *err);
 
 /* Splits s[0..n) on the raw (normalized_stage == 0) or normalised (1) tokens,
- * as AddedVocabulary::find_matches does. */
-ergo_status added_split(const added_vocab *av, int normalized_stage, pcre2_match_data *md,
-                        const char *s, size_t n, added_fn fn, void *ctx, ergo_error *err);
+ * as AddedVocabulary::find_matches does. With split_special (tokenizers'
+ * encode_special_tokens), special tokens are skipped where they match. */
+ergo_status added_split(const added_vocab *av, int normalized_stage, int split_special,
+                        pcre2_match_data *md, const char *s, size_t n, added_fn fn, void *ctx,
+                        ergo_error *err);
 
 #endif

@@ -6,7 +6,8 @@
  * ships: added tokens -> NFC -> Split(regex, Isolated) -> ByteLevel -> BPE, and
  * the ByteLevel decoder. Anything else a tokenizer.json may hold that would
  * change the ids or the text is refused with a message naming it. The file is
- * read by tokenizer_json.c, which streams the vocabulary and merges.
+ * parsed by jansson (base/json.h: strict, duplicate keys refused); loading a
+ * folder also applies its tokenizer_config.json (tokenizer_config.c).
  */
 #include "tokenizer/tokenizer.h"
 
@@ -20,7 +21,7 @@
 #include "tokenizer/bpe.h"
 #include "tokenizer/normalize.h"
 #include "tokenizer/pretokenize.h"
-#include "tokenizer/tokenizer_json.h"
+#include "tokenizer/tokenizer_config.h"
 #include "tokenizer/utf8.h"
 
 #define MAX_TOKENIZER_JSON (256u << 20) /* 256 MiB: far above any real tokenizer.json */
@@ -33,6 +34,8 @@ struct tokenizer {
     added_vocab added;     /* added / special tokens */
     int32_t n_ids;         /* largest id + 1 over vocabulary and added tokens */
     int32_t *added_of_id;  /* (n_ids) index into added.tok, -1: not an added token */
+    int single_pre;        /* the pre_tokenizer is one step, not a Sequence */
+    tokenizer_settings settings; /* from tokenizer_config.json */
 };
 
 /* ---------------------------------------------------------------- buffers */
@@ -163,6 +166,7 @@ static ergo_status load_pre_tokenizer(tokenizer *tok, const json_t *pt, ergo_err
             return ergo_fail(err, ERGO_E_FORMAT, "%s: pre_tokenizer Sequence without a list",
                              tok->what);
     } else if (type) {
+        tok->single_pre = 1;
         single = json_array();
         if (!single || json_array_append(single, (json_t *)pt))
             return ergo_fail(err, ERGO_E_NOMEM, "out of memory");
@@ -214,12 +218,11 @@ static ergo_status load_post_and_decoder(tokenizer *tok, const json_t *root, erg
 }
 
 /* Splits a legacy "a b" merge at its only space, as tokenizers does (exactly two parts). */
-static ergo_status merge_parts(const tj_doc *doc, const tj_merge *m, size_t rank, const char **a,
-                               size_t *alen, const char **b, size_t *blen, const char *what,
-                               ergo_error *err) {
-    const char *s = doc->pool + m->a_off;
-    if (m->kind == TJ_MERGE_STRING) {
-        size_t n = m->a_len;
+static ergo_status merge_parts(const json_t *m, size_t rank, const char **a, size_t *alen,
+                               const char **b, size_t *blen, const char *what, ergo_error *err) {
+    if (json_is_string(m)) {
+        const char *s = json_string_value(m);
+        size_t n = json_string_length(m);
         const char *sp = memchr(s, ' ', n);
         if (!sp || memchr(sp + 1, ' ', n - (size_t)(sp + 1 - s)))
             return ergo_fail(err, ERGO_E_FORMAT,
@@ -228,9 +231,10 @@ static ergo_status merge_parts(const tj_doc *doc, const tj_merge *m, size_t rank
         *a = s, *alen = (size_t)(sp - s), *b = sp + 1, *blen = n - *alen - 1;
         return ERGO_OK;
     }
-    if (m->kind == TJ_MERGE_PAIR) {
-        *a = s, *alen = m->a_len;
-        *b = doc->pool + m->b_off, *blen = m->b_len;
+    const json_t *x = json_array_get(m, 0), *y = json_array_get(m, 1);
+    if (json_is_array(m) && json_array_size(m) == 2 && json_is_string(x) && json_is_string(y)) {
+        *a = json_string_value(x), *alen = json_string_length(x);
+        *b = json_string_value(y), *blen = json_string_length(y);
         return ERGO_OK;
     }
     return ergo_fail(err, ERGO_E_FORMAT,
@@ -238,20 +242,39 @@ static ergo_status merge_parts(const tj_doc *doc, const tj_merge *m, size_t rank
                      rank);
 }
 
-static ergo_status load_model(tokenizer *tok, const json_t *model, const tj_doc *doc,
-                              ergo_error *err) {
+/* model.vocab, {"token": id, ...}, in file order (jansson keeps insertion order). */
+static ergo_status load_vocab(tokenizer *tok, json_t *vocab, ergo_error *err) {
+    const char *key;
+    size_t key_len;
+    json_t *id;
+    json_object_keylen_foreach(vocab, key, key_len, id) {
+        if (!json_is_integer(id))
+            return ergo_fail(err, ERGO_E_FORMAT, "%s: vocabulary entry \"%.64s\" has no integer id",
+                             tok->what, key);
+        ergo_status st = bpe_add_token(&tok->bpe, key, key_len, (int64_t)json_integer_value(id),
+                                       tok->what, err);
+        if (st != ERGO_OK) return st;
+    }
+    return ERGO_OK;
+}
+
+static ergo_status load_model(tokenizer *tok, const json_t *model, ergo_error *err) {
     const char *what = tok->what;
     if (!json_is_object(model))
         return ergo_fail(err, ERGO_E_FORMAT, "%s: key `model' is missing or not an object", what);
+    /* The vocabulary first: its entries are checked before anything else in the file. */
+    json_t *vocab = json_object_get(model, "vocab");
+    const json_t *merges = json_object_get(model, "merges");
+    ergo_status st;
+    if (json_is_object(vocab) && (st = load_vocab(tok, vocab, err))) return st;
     const char *type = type_of(model);
     if (json_object_get(model, "type") && (!type || strcmp(type, "BPE")))
         return ergo_fail(err, ERGO_E_UNSUPPORTED,
                          "%s: model type %s is not supported (ergo implements BPE)", what,
                          type ? type : "(not a string)");
-    /* tj_parse has already streamed the vocabulary into tok->bpe and the merges into doc. */
-    if (!doc->vocab_streamed)
+    if (!json_is_object(vocab))
         return ergo_fail(err, ERGO_E_FORMAT, "%s: model.vocab is missing or not an object", what);
-    if (!doc->merges_streamed)
+    if (!json_is_array(merges))
         return ergo_fail(err, ERGO_E_FORMAT, "%s: model.merges is missing or not a list", what);
 
     /* Options that change results and that ergo does not implement. */
@@ -266,7 +289,6 @@ static ergo_status load_model(tokenizer *tok, const json_t *model, const tj_doc 
                              affix[k]);
     }
     int fuse_unk = 0, byte_fallback = 0, ignore_merges = 0;
-    ergo_status st;
     if ((st = json_opt_bool(model, "fuse_unk", &fuse_unk, what, err)) ||
         (st = json_opt_bool(model, "byte_fallback", &byte_fallback, what, err)) ||
         (st = json_opt_bool(model, "ignore_merges", &ignore_merges, what, err)))
@@ -275,16 +297,18 @@ static ergo_status load_model(tokenizer *tok, const json_t *model, const tj_doc 
     if (unk && !json_is_null(unk) && !json_is_string(unk))
         return ergo_fail(err, ERGO_E_FORMAT, "%s: model.unk_token is not a string", what);
 
-    if ((st = bpe_index_vocab(&tok->bpe, doc->n_merges, what, err))) return st;
-    for (size_t i = 0; i < doc->n_merges; i++) {
-        const tj_merge *m = &doc->merges[i];
+    size_t n_merges = json_array_size(merges);
+    if ((st = bpe_index_vocab(&tok->bpe, n_merges, what, err))) return st;
+    int legacy = n_merges > 0 && json_is_string(json_array_get(merges, 0));
+    for (size_t i = 0; i < n_merges; i++) {
+        const json_t *m = json_array_get(merges, i);
         const char *a = NULL, *b = NULL;
         size_t alen = 0, blen = 0;
         /* tokenizers accepts a list of one form only. */
-        if (i > 0 && (m->kind == TJ_MERGE_STRING) != (doc->merges[0].kind == TJ_MERGE_STRING))
+        if (i > 0 && json_is_string(m) != legacy)
             return ergo_fail(err, ERGO_E_FORMAT,
                              "%s: merges mix \"a b\" strings and [\"a\", \"b\"] pairs", what);
-        if ((st = merge_parts(doc, m, i, &a, &alen, &b, &blen, what, err)) ||
+        if ((st = merge_parts(m, i, &a, &alen, &b, &blen, what, err)) ||
             (st = bpe_add_merge(&tok->bpe, a, alen, b, blen, i, what, err)))
             return st;
     }
@@ -343,8 +367,7 @@ static ergo_status load_added(tokenizer *tok, const json_t *list, ergo_error *er
     return added_finish(&tok->added, what, err);
 }
 
-static ergo_status load_root(tokenizer *tok, const tj_doc *doc, ergo_error *err) {
-    const json_t *root = doc->root;
+static ergo_status load_root(tokenizer *tok, const json_t *root, ergo_error *err) {
     if (!json_is_object(root))
         return ergo_fail(err, ERGO_E_FORMAT, "%s: not a JSON object", tok->what);
     const json_t *ver = json_object_get(root, "version");
@@ -352,10 +375,10 @@ static ergo_status load_root(tokenizer *tok, const tj_doc *doc, ergo_error *err)
         return ergo_fail(err, ERGO_E_UNSUPPORTED, "%s: unknown tokenizer.json version (want 1.0)",
                          tok->what);
     ergo_status st;
-    if ((st = load_normalizer(tok, json_object_get(root, "normalizer"), err)) ||
+    if ((st = load_model(tok, json_object_get(root, "model"), err)) ||
+        (st = load_normalizer(tok, json_object_get(root, "normalizer"), err)) ||
         (st = load_pre_tokenizer(tok, json_object_get(root, "pre_tokenizer"), err)) ||
         (st = load_post_and_decoder(tok, root, err)) ||
-        (st = load_model(tok, json_object_get(root, "model"), doc, err)) ||
         (st = load_added(tok, json_object_get(root, "added_tokens"), err)))
         return st;
     tok->n_ids = tok->bpe.n_ids;
@@ -374,18 +397,31 @@ ergo_status tokenizer_load_bytes(tokenizer **out, const char *json, size_t len, 
     tokenizer *tok = calloc(1, sizeof *tok);
     if (!tok) return ergo_fail(err, ERGO_E_NOMEM, "%s: out of memory", what);
     snprintf(tok->what, sizeof tok->what, "%s", what);
+    tokconfig_defaults(&tok->settings);
     bpe_init(&tok->bpe);
     added_init(&tok->added);
-    tj_doc doc;
-    ergo_status st = tj_parse(&doc, json, len, &tok->bpe, what, err);
-    if (st == ERGO_OK) st = load_root(tok, &doc, err);
-    tj_free(&doc);
+    json_t *root = json_load_bytes(json, len, what, err);
+    ergo_status st = root ? load_root(tok, root, err) : ERGO_E_FORMAT;
+    json_decref(root); /* the tokenizer keeps its own copies of everything it uses */
     if (st != ERGO_OK) {
         tokenizer_free(tok);
         return st;
     }
     *out = tok;
     return ERGO_OK;
+}
+
+ergo_status tokenizer_load_bytes_config(tokenizer **out, const char *json, size_t len,
+                                        const char *config, size_t config_len, const char *what,
+                                        ergo_error *err) {
+    tokenizer *tok;
+    ergo_status st = tokenizer_load_bytes(&tok, json, len, what, err);
+    if (st == ERGO_OK && config &&
+        (st = tokconfig_apply(config, config_len, what, NULL, &tok->added, tok->single_pre,
+                              &tok->settings, err)))
+        tokenizer_free(tok), tok = NULL;
+    *out = tok;
+    return st;
 }
 
 ergo_status tokenizer_load_file(tokenizer **out, const char *path, ergo_error *err) {
@@ -399,6 +435,19 @@ ergo_status tokenizer_load_file(tokenizer **out, const char *path, ergo_error *e
     return st;
 }
 
+/* dir/tokenizer_config.json, when there is one, over the loaded tokenizer.json. */
+static ergo_status load_config(tokenizer *tok, const char *dir, ergo_error *err) {
+    char path[4096];
+    ergo_status st = path_join(path, sizeof path, dir, "tokenizer_config.json", err);
+    if (st != ERGO_OK || !file_exists(path)) return st;
+    char *buf;
+    size_t n;
+    if ((st = file_read_all(path, MAX_TOKENIZER_JSON, &buf, &n, err))) return st;
+    st = tokconfig_apply(buf, n, path, dir, &tok->added, tok->single_pre, &tok->settings, err);
+    free(buf);
+    return st;
+}
+
 ergo_status tokenizer_load(tokenizer **out, const char *dir, ergo_error *err) {
     *out = NULL;
     char path[4096];
@@ -406,7 +455,14 @@ ergo_status tokenizer_load(tokenizer **out, const char *dir, ergo_error *err) {
     if (st != ERGO_OK) return st;
     if (!dir_exists(dir)) return ergo_fail(err, ERGO_E_IO, "%s: no such directory", dir);
     if (!file_exists(path)) return ergo_fail(err, ERGO_E_IO, "%s: no such file", path);
-    return tokenizer_load_file(out, path, err);
+    tokenizer *tok;
+    if ((st = tokenizer_load_file(&tok, path, err))) return st;
+    if ((st = load_config(tok, dir, err))) {
+        tokenizer_free(tok);
+        return st;
+    }
+    *out = tok;
+    return ERGO_OK;
 }
 
 void tokenizer_free(tokenizer *tok) {
@@ -421,6 +477,8 @@ void tokenizer_free(tokenizer *tok) {
 /* ---------------------------------------------------------------- lookups */
 
 int32_t tokenizer_n_ids(const tokenizer *tok) { return tok->n_ids; }
+
+const tokenizer_settings *tokenizer_get_settings(const tokenizer *tok) { return &tok->settings; }
 
 int32_t tokenizer_token_id(const tokenizer *tok, const char *text, size_t len) {
     int32_t a = added_find(&tok->added, text, len);
@@ -529,7 +587,8 @@ static ergo_status on_raw_piece(void *vctx, const char *s, size_t n, int32_t id,
         if (st != ERGO_OK) return st;
         t = c->norm.s ? c->norm.s : "", tn = c->norm.n;
     }
-    return added_split(&c->tok->added, 1, c->md, t, tn, on_normalized_piece, c, err);
+    return added_split(&c->tok->added, 1, c->tok->settings.split_special_tokens, c->md, t, tn,
+                       on_normalized_piece, c, err);
 }
 
 ergo_status tokenizer_encode(const tokenizer *tok, const char *text, size_t len, tok_ids *ids,
@@ -546,7 +605,8 @@ ergo_status tokenizer_encode(const tokenizer *tok, const char *text, size_t len,
         c.cache.mask = cap - 1;
     }
     /* The raw-text pass: added tokens first, the gaps are normalised and split. */
-    ergo_status st = added_split(&tok->added, 0, c.md, text, len, on_raw_piece, &c, err);
+    ergo_status st = added_split(&tok->added, 0, tok->settings.split_special_tokens, c.md, text,
+                                 len, on_raw_piece, &c, err);
     pcre2_match_data_free(c.md);
     bpe_scratch_free(&c.bpe);
     tok_text_free(&c.norm);
@@ -622,8 +682,10 @@ ergo_status tokenizer_decode(const tokenizer *tok, const int32_t *ids, size_t n,
     for (size_t i = 0; i < n && st == ERGO_OK; i++)
         if (!token_bytes(tok, ids[i], skip_special, &bytes, err, &st)) st = unknown_id(ids[i], tok, err);
     if (st == ERGO_OK) {
+        size_t start = out->n;
         if (!out->s && (st = tok_text_append(out, "", 0, err))) goto done;
         lossy_append((const uint8_t *)bytes.s, bytes.n, 0, out, err, &st);
+        if (st == ERGO_OK && tok->settings.clean_up_tokenization_spaces) tokconfig_clean_up(out, start);
     }
 done:
     tok_text_free(&bytes);
@@ -636,24 +698,50 @@ void tokenizer_stream_init(tokenizer_stream *s, const tokenizer *tok, int skip_s
     s->skip_special = skip_special;
 }
 
+/* Emits the held text that the clean-up of later text cannot change (all of it
+ * when `all`), cleaned up. */
+static ergo_status flush_held(tokenizer_stream *s, int all, tok_text *out, ergo_error *err) {
+    size_t cut = all ? s->held.n : tokconfig_clean_up_stable(s->held.s, s->held.n);
+    if (cut == 0) return ERGO_OK;
+    size_t start = out->n;
+    ergo_status st = tok_text_append(out, s->held.s, cut, err);
+    if (st) return st;
+    tokconfig_clean_up(out, start);
+    memmove(s->held.s, s->held.s + cut, s->held.n - cut);
+    s->held.n -= cut;
+    s->held.s[s->held.n] = 0;
+    return ERGO_OK;
+}
+
 ergo_status tokenizer_stream_push(tokenizer_stream *s, int32_t id, tok_text *out, ergo_error *err) {
+    int clean = s->tok->settings.clean_up_tokenization_spaces;
+    tok_text *dst = clean ? &s->held : out;
     tok_text bytes = {0};
     ergo_status st = tok_text_append(&bytes, (const char *)s->pending, s->n_pending, err);
     if (st == ERGO_OK && !token_bytes(s->tok, id, s->skip_special, &bytes, err, &st))
         st = unknown_id(id, s->tok, err);
-    if (st == ERGO_OK && (st = tok_text_append(out, "", 0, err)) == ERGO_OK) {
-        size_t used = lossy_append((const uint8_t *)bytes.s, bytes.n, 1, out, err, &st);
+    if (st == ERGO_OK && (st = tok_text_append(out, "", 0, err)) == ERGO_OK &&
+        (st = tok_text_append(dst, "", 0, err)) == ERGO_OK) {
+        size_t used = lossy_append((const uint8_t *)bytes.s, bytes.n, 1, dst, err, &st);
         /* What is left is a proper prefix of a character: at most 3 bytes. */
         s->n_pending = st == ERGO_OK ? bytes.n - used : 0;
         if (s->n_pending) memcpy(s->pending, bytes.s + used, s->n_pending);
     }
+    if (st == ERGO_OK && clean) st = flush_held(s, 0, out, err);
     tok_text_free(&bytes);
     return st;
 }
 
 ergo_status tokenizer_stream_finish(tokenizer_stream *s, tok_text *out, ergo_error *err) {
     ergo_status st = tok_text_append(out, "", 0, err);
-    if (st == ERGO_OK && s->n_pending) st = tok_text_append(out, replacement, 3, err);
-    s->n_pending = 0;
+    tok_text *dst = s->tok->settings.clean_up_tokenization_spaces ? &s->held : out;
+    if (st == ERGO_OK && s->n_pending) st = tok_text_append(dst, replacement, 3, err);
+    if (st == ERGO_OK && dst != out) st = flush_held(s, 1, out, err);
+    tokenizer_stream_free(s);
     return st;
+}
+
+void tokenizer_stream_free(tokenizer_stream *s) {
+    tok_text_free(&s->held);
+    s->n_pending = 0;
 }

@@ -5,6 +5,11 @@
  * normalised, split by the pre-tokenizer regex, mapped byte to character
  * (GPT-2's bytes_to_unicode) and merged by BPE rank.
  *
+ * tokenizer_load(dir) also reads dir/tokenizer_config.json when it is there
+ * (tokenizer_config.h): clean_up_tokenization_spaces, split_special_tokens, the
+ * special tokens it names and model_max_length; settings that would change
+ * results in ways ergo does not implement are refused.
+ *
  * A tokenizer is immutable after loading and may be shared by threads.
  *
  *   tokenizer *tok;
@@ -46,13 +51,30 @@ void tok_text_free(tok_text *t);
 
 typedef struct tokenizer tokenizer;
 
-/* Loads dir/tokenizer.json. On success the caller owns *out (tokenizer_free). */
+/* What tokenizer_config.json set (the defaults when there is none). */
+typedef struct tokenizer_settings {
+    int has_config;                   /* tokenizer_config.json was read */
+    int clean_up_tokenization_spaces; /* decode applies transformers' clean_up_tokenization */
+    int split_special_tokens;         /* special tokens in the text are encoded as plain text */
+    int64_t model_max_length;         /* INT64_MAX when unset or larger (transformers then
+                                         says int(1e30)); nothing here truncates */
+} tokenizer_settings;
+
+/* Loads dir/tokenizer.json and, when present, dir/tokenizer_config.json.
+ * On success the caller owns *out (tokenizer_free). */
 ergo_status tokenizer_load(tokenizer **out, const char *dir, ergo_error *err);
+/* Loads one tokenizer.json, without any tokenizer_config.json. */
 ergo_status tokenizer_load_file(tokenizer **out, const char *path, ergo_error *err);
-/* Loads from memory; `what` names the source in error messages. */
+/* Loads from memory (no tokenizer_config.json); `what` names the source in error messages. */
 ergo_status tokenizer_load_bytes(tokenizer **out, const char *json, size_t len, const char *what,
                                  ergo_error *err);
+/* The same with the text of a tokenizer_config.json (config NULL: none). */
+ergo_status tokenizer_load_bytes_config(tokenizer **out, const char *json, size_t len,
+                                        const char *config, size_t config_len, const char *what,
+                                        ergo_error *err);
 void tokenizer_free(tokenizer *tok);
+
+const tokenizer_settings *tokenizer_get_settings(const tokenizer *tok);
 
 /* Appends the ids of text[0..len) to ids. Text that is not valid UTF-8 fails
  * with "invalid UTF-8 at byte N". */
@@ -61,8 +83,9 @@ ergo_status tokenizer_encode(const tokenizer *tok, const char *text, size_t len,
 
 /* Appends the text of ids to out, as tokenizer.decode(ids, skip_special_tokens)
  * does: bytes that do not form UTF-8 become U+FFFD (per maximal invalid subpart,
- * Rust's from_utf8_lossy). Unlike the reference, which silently drops ids it does
- * not know, an unknown id is an error naming it. */
+ * Rust's from_utf8_lossy), then clean_up_tokenization when the config asks for it.
+ * Unlike the reference, which silently drops ids it does not know, an unknown id
+ * is an error naming it. */
 ergo_status tokenizer_decode(const tokenizer *tok, const int32_t *ids, size_t n, int skip_special,
                              tok_text *out, ergo_error *err);
 
@@ -71,7 +94,8 @@ int32_t tokenizer_token_id(const tokenizer *tok, const char *text, size_t len);
 /* The stored text of an id (byte-level characters for vocabulary tokens), or
  * NULL for an unknown id. */
 const char *tokenizer_token_text(const tokenizer *tok, int32_t id, size_t *len);
-/* Whether an id is an added token with "special": true (skipped by skip_special). */
+/* Whether an id is a special added token (skipped by skip_special): "special": true
+ * in tokenizer.json, or named as a special token by tokenizer_config.json. */
 int tokenizer_is_special(const tokenizer *tok, int32_t id);
 /* One more than the largest id. */
 int32_t tokenizer_n_ids(const tokenizer *tok);
@@ -80,18 +104,23 @@ int32_t tokenizer_n_ids(const tokenizer *tok);
 
 /* Decodes ids one at a time (e.g. while generating), emitting only complete
  * UTF-8; the concatenation of everything emitted, including tokenizer_stream_finish,
- * equals tokenizer_decode of all the ids. */
+ * equals tokenizer_decode of all the ids. With clean_up_tokenization_spaces, text
+ * that the clean-up of later text could still change is held back. */
 typedef struct tokenizer_stream {
     const tokenizer *tok;
     int skip_special;
     uint8_t pending[4]; /* the start of a character whose remaining bytes may come */
     size_t n_pending;
+    tok_text held;      /* decoded text not yet cleaned up and emitted */
 } tokenizer_stream;
 
 void tokenizer_stream_init(tokenizer_stream *s, const tokenizer *tok, int skip_special);
 /* Appends the text that id completes to out (possibly nothing). */
 ergo_status tokenizer_stream_push(tokenizer_stream *s, int32_t id, tok_text *out, ergo_error *err);
-/* Flushes a dangling partial character (as U+FFFD, like the one-shot decode). */
+/* Flushes what is held and a dangling partial character (as U+FFFD, like the
+ * one-shot decode), and releases the stream's memory. */
 ergo_status tokenizer_stream_finish(tokenizer_stream *s, tok_text *out, ergo_error *err);
+/* Releases the stream's memory without emitting anything (e.g. after an error). */
+void tokenizer_stream_free(tokenizer_stream *s);
 
 #endif

@@ -39,10 +39,23 @@ static void check_decode(const tokenizer *tok, const int32_t *ids, size_t n, int
     tok_text_free(&streamed);
 }
 
+/* An input may carry a tokenizer_config.json after this line. */
+static const char config_mark[] = "\n#tokenizer_config.json\n";
+
+static size_t find_mark(const uint8_t *data, size_t size) {
+    size_t m = sizeof config_mark - 1;
+    for (size_t i = 0; i + m <= size; i++)
+        if (data[i] == '\n' && memcmp(data + i, config_mark, m) == 0) return i;
+    return size;
+}
+
 int tokenizer_fuzz_one(const uint8_t *data, size_t size) {
     ergo_error err = {0};
     tokenizer *tok = NULL;
-    if (tokenizer_load_bytes(&tok, (const char *)data, size, "fuzz input", &err) != ERGO_OK) {
+    size_t json_len = find_mark(data, size), skip = json_len + sizeof config_mark - 1;
+    const char *config = json_len < size ? (const char *)data + skip : NULL;
+    if (tokenizer_load_bytes_config(&tok, (const char *)data, json_len, config,
+                                    config ? size - skip : 0, "fuzz input", &err) != ERGO_OK) {
         ERGO_ASSERT(err.msg[0] != 0 && tok == NULL);
         return 0;
     }

@@ -1,7 +1,8 @@
 /*
  * tokenizer_fuzz.h - the fuzzing entry point of the tokenizer: the bytes are a
- * tokenizer.json; when it loads, text is encoded and ids decoded (one-shot and
- * streaming, which must agree). Used by fuzz/fuzz_tokenizer.c and by the test
+ * tokenizer.json, optionally followed by a line "#tokenizer_config.json" and a
+ * tokenizer_config.json (both parsed by jansson); when they load, text is encoded
+ * and ids decoded (one-shot and streaming, which must agree). Used by fuzz/fuzz_tokenizer.c and by the test
  * that replays tests/fuzz_corpus/tokenizer/.
  */
 #ifndef ERGO_TOKENIZER_FUZZ_H
