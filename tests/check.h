@@ -69,6 +69,13 @@ int check_eq_i32(const int32_t *got, const int32_t *want, size_t n_got, size_t n
  * "tests/fixtures", relative to the repository root where `make test` runs). */
 const char *fixtures_dir(void);
 
+/* Calls fn(ctx, file name, bytes, size) for every file of tests/fuzz_corpus/<target>
+ * (the seeds and any crash inputs saved there), so every normal run replays them
+ * through the fuzz entry point. Returns the number of files, or -1 (after a failed
+ * CHECK) when the folder or a file cannot be read. */
+typedef void (*corpus_fn)(void *ctx, const char *name, const uint8_t *data, size_t size);
+int for_each_corpus_file(const char *target, corpus_fn fn, void *ctx);
+
 /* A fresh scratch directory for this process (removed by the runner at exit). */
 const char *scratch_dir(void);
 

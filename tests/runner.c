@@ -7,11 +7,13 @@
  * non-zero when anything failed.
  */
 #define _XOPEN_SOURCE 700 /* nftw flags */
+#include <dirent.h>
 #include <ftw.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "base/file.h"
 #include "check.h"
 
 long check_passed, check_failed, check_skipped;
@@ -82,6 +84,33 @@ int check_eq_i32(const int32_t *got, const int32_t *want, size_t n_got, size_t n
 const char *fixtures_dir(void) {
     const char *d = getenv("ERGO_FIXTURES");
     return d && *d ? d : "tests/fixtures";
+}
+
+int for_each_corpus_file(const char *target, corpus_fn fn, void *ctx) {
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/../fuzz_corpus/%s", fixtures_dir(), target);
+    DIR *d = opendir(dir);
+    CHECK(d != NULL, "fuzz corpus %s cannot be opened", dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char path[2048], *bytes;
+        size_t size;
+        ergo_error err = {0};
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (file_read_all(path, (size_t)64 << 20, &bytes, &size, &err) != ERGO_OK) {
+            CHECK(0, "fuzz corpus: %s", err.msg);
+            n = -1;
+            break;
+        }
+        fn(ctx, e->d_name, (const uint8_t *)bytes, size);
+        free(bytes);
+        n++;
+    }
+    closedir(d);
+    return n;
 }
 
 static char scratch_path[256];

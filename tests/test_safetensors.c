@@ -296,27 +296,12 @@ static void test_writer(void) {
 
 /* ---- fuzz corpus replay ---- */
 
+static void check_fuzz_input(void *ctx, const char *name, const uint8_t *data, size_t size) {
+    CHECK_EQ_INT(safetensors_fuzz_one(data, size), 0, name);
+}
+
 static void test_fuzz_corpus(void) {
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/../fuzz_corpus/safetensors", fixtures_dir());
-    DIR *d = opendir(dir);
-    CHECK(d != NULL, "fuzz corpus %s missing", dir);
-    if (!d) return;
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char path[1024];
-        ergo_error err = {0};
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        char *buf;
-        size_t len;
-        if (file_read_all(path, 1 << 24, &buf, &len, &err) != ERGO_OK) continue;
-        CHECK_EQ_INT(safetensors_fuzz_one((const uint8_t *)buf, len), 0, e->d_name);
-        free(buf);
-        n++;
-    }
-    closedir(d);
+    int n = for_each_corpus_file("safetensors", check_fuzz_input, NULL);
     CHECK(n >= 10, "fuzz corpus has only %d inputs", n);
 }
 

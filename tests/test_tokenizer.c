@@ -792,33 +792,24 @@ static void test_cli(void) {
 
 /* ---------------------------------------------------------------- fuzz corpus */
 
+typedef struct corpus_counts {
+    int loaded, configs, configs_loaded;
+} corpus_counts;
+
+static void count_loaded(void *ctx, const char *name, const uint8_t *data, size_t size) {
+    corpus_counts *c = ctx;
+    int ok = tokenizer_fuzz_one(data, size);
+    c->loaded += ok;
+    /* The seeds with a tokenizer_config.json part must load with it. */
+    if (strstr(name, "_config")) c->configs++, c->configs_loaded += ok;
+}
+
 static void test_fuzz_corpus(void) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s/../fuzz_corpus/tokenizer", fixtures_dir());
-    DIR *d = opendir(dir);
-    CHECK(d != NULL, "cannot open %s", dir);
-    if (!d) return;
-    int files = 0, loaded = 0, configs = 0, configs_loaded = 0;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.') continue;
-        char path[2048];
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        char *buf;
-        size_t n;
-        ergo_error err;
-        if (file_read_all(path, 64u << 20, &buf, &n, &err) != ERGO_OK) continue;
-        int ok = tokenizer_fuzz_one((const uint8_t *)buf, n);
-        loaded += ok;
-        files++;
-        /* The seeds with a tokenizer_config.json part must load with it. */
-        if (strstr(e->d_name, "_config")) configs++, configs_loaded += ok;
-        free(buf);
-    }
-    closedir(d);
-    CHECK(files >= 10 && loaded >= 10, "fuzz corpus: %d files, %d loaded", files, loaded);
-    CHECK(configs >= 2 && configs_loaded == configs, "fuzz corpus: %d seeds with a config, %d loaded",
-          configs, configs_loaded);
+    corpus_counts c = {0};
+    int files = for_each_corpus_file("tokenizer", count_loaded, &c);
+    CHECK(files >= 10 && c.loaded >= 10, "fuzz corpus: %d files, %d loaded", files, c.loaded);
+    CHECK(c.configs >= 2 && c.configs_loaded == c.configs,
+          "fuzz corpus: %d seeds with a config, %d loaded", c.configs, c.configs_loaded);
 }
 
 void test_tokenizer(void) {
