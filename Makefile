@@ -50,7 +50,7 @@ FUZZ_SRC  := $(sort $(wildcard fuzz/fuzz_*.c))
 FUZZ_BINS := $(patsubst fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 20
 
-HEADERS   := $(wildcard src/*/*.h) tests/check.h
+HEADERS   := $(wildcard src/*/*.h tests/*.h)
 
 .PHONY: all test asan fuzz fuzz-smoke check deps clean FORCE
 all: $(BUILD)/ergo

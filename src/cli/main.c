@@ -18,6 +18,7 @@ static const command commands[] = {
     {"preprocess", cmd_preprocess, "resize, normalise and patchify an image as the reference does"},
     {"make-checkpoint", cmd_make_checkpoint, "write a random test/benchmark checkpoint from a seed"},
     {"bench", cmd_bench, "time the input side (tokenizer, image pre-processing)"},
+    {"generate", cmd_generate, "answer a prompt about images (chat template, vision, decoding)"},
 };
 
 static void usage(FILE *out) {
