@@ -55,7 +55,8 @@ static void usage(FILE *out) {
             "stop_reason (eos, stop_string, length, context) and timings in ms\n"
             "{vision_encode, prefill, decode}. --dump-logits writes the logits of the last\n"
             "prompt position (vocab float32 values, little-endian) to FILE. The JSON also has\n"
-            "timings_detail: ms in the vision blocks, the decoder layers and the lm_head.\n");
+            "timings_detail: ms in the vision blocks (also per block), the decoder layers and the\n"
+            "lm_head.\n");
 }
 
 static double now_ms(void) {
@@ -295,6 +296,9 @@ int cmd_generate(int argc, char **argv) {
     /* where the time went: vision blocks, decoder layers, final norm + lm_head */
     double vision_blocks = 0, prefill_layers = 0, prefill_head = 0;
     const model_config *cfg = &r->m.config;
+    json_t *block_ms = json_array(); /* per vision block, summed over the images */
+    double *per_block = calloc((size_t)cfg->vision.depth + 1, sizeof *per_block);
+    if (!per_block) s = ergo_fail(&err, ERGO_E_NOMEM, "out of memory");
     int64_t vision_tokens = 0;
     for (int i = 0; i < o.n_images && !s; i++)
         vision_tokens += mrope_grid_tokens(&r->grids[i], cfg->vision.merge);
@@ -316,7 +320,10 @@ int cmd_generate(int argc, char **argv) {
             s = vision_encode(&r->m, &r->vs, p->pixel_values, p->grid_t, p->grid_h, p->grid_w,
                               r->vision + row * D, &err);
             if (s) ergo_error_prefix(&err, "%s: ", o.images[i]);
-            for (int l = 0; !s && l < cfg->vision.depth; l++) vision_blocks += r->vs.layer_ms[1 + l];
+            for (int l = 0; !s && l < cfg->vision.depth; l++) {
+                vision_blocks += r->vs.layer_ms[1 + l];
+                per_block[l] += r->vs.layer_ms[1 + l];
+            }
             row += (size_t)mrope_grid_tokens(&r->grids[i], cfg->vision.merge);
         }
         t_vision = now_ms() - t0;
@@ -379,6 +386,9 @@ int cmd_generate(int argc, char **argv) {
             "vision_depth", cfg->vision.depth, "vision_blocks", vision_blocks, "prefill_layers",
             prefill_layers, "prefill_head", prefill_head, "decode_layers",
             r->st.ms_layers - prefill_layers, "decode_head", r->st.ms_head - prefill_head);
+        for (int l = 0; l < cfg->vision.depth && o.n_images; l++)
+            json_array_append_new(block_ms, json_real(per_block[l]));
+        if (detail) json_object_set(detail, "vision_block_ms", block_ms);
         if (out && detail) json_object_set_new(out, "timings_detail", detail);
         else json_decref(detail);
         char *txt = out ? json_dumps(out, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
@@ -391,6 +401,8 @@ int cmd_generate(int argc, char **argv) {
     }
     run_free(r, o.n_images);
     free(r);
+    free(per_block);
+    json_decref(block_ms);
     if (fflush(stdout) != 0 && rc == 0) rc = fail("cannot write the output");
     return rc;
 }
