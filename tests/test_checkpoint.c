@@ -534,6 +534,16 @@ static void test_bad_configs(void) {
     /* generation_config.json */
     write_json_text(dir, "generation_config.json", "{\"top_p\": 2.0}");
     expect_load_error("top_p out of range", dir, "generation_config.json", "top_p 2");
+    write_json_text(dir, "generation_config.json", "{\"min_p\": -0.5}");
+    expect_load_error("min_p out of range", dir, "generation_config.json", "min_p -0.5");
+    write_json_text(dir, "generation_config.json", "{\"min_p\": 0.05, \"eos_token_id\": 7}");
+    {
+        model mm;
+        ergo_error e2 = {0};
+        ergo_status st2 = model_load(&mm, dir, &e2);
+        CHECK(st2 == ERGO_OK && mm.generation.min_p == 0.05, "min_p read: %s", e2.msg);
+        if (st2 == ERGO_OK) model_free(&mm);
+    }
     write_json_text(dir, "generation_config.json", "{\"eos_token_id\": \"<|im_end|>\"}");
     expect_load_error("eos_token_id a string", dir, "generation_config.json", "eos_token_id");
     write_json_text(dir, "generation_config.json", "{\"repetition_penalty\": 0}");

@@ -523,6 +523,7 @@ static ergo_status gen_fields(generation_config *g, const json_t *o, const char 
     if ((s = json_opt_number(o, "temperature", &g->temperature, what, err))) return s;
     if ((s = gen_int(o, "top_k", &g->top_k, what, err))) return s;
     if ((s = json_opt_number(o, "top_p", &g->top_p, what, err))) return s;
+    if ((s = json_opt_number(o, "min_p", &g->min_p, what, err))) return s;
     if ((s = json_opt_number(o, "repetition_penalty", &g->repetition_penalty, what, err)))
         return s;
     if ((s = gen_int(o, "max_new_tokens", &g->max_new_tokens, what, err))) return s;
@@ -553,6 +554,7 @@ static void gen_fill_unset(generation_config *g, const generation_config *from) 
     if (g->temperature == d.temperature) g->temperature = from->temperature;
     if (g->top_k == d.top_k) g->top_k = from->top_k;
     if (g->top_p == d.top_p) g->top_p = from->top_p;
+    if (g->min_p == d.min_p) g->min_p = from->min_p;
     if (g->repetition_penalty == d.repetition_penalty)
         g->repetition_penalty = from->repetition_penalty;
     if (g->max_new_tokens == d.max_new_tokens) g->max_new_tokens = from->max_new_tokens;
@@ -592,6 +594,8 @@ ergo_status generation_config_parse(generation_config *gen, const json_t *gen_ro
                          path, gen->temperature);
     if (!(gen->top_p >= 0 && gen->top_p <= 1))
         return ergo_fail(err, ERGO_E_FORMAT, "%s: top_p %g is outside [0, 1]", path, gen->top_p);
+    if (!(gen->min_p >= 0 && gen->min_p <= 1))
+        return ergo_fail(err, ERGO_E_FORMAT, "%s: min_p %g is outside [0, 1]", path, gen->min_p);
     if (gen->top_k < 0)
         return ergo_fail(err, ERGO_E_FORMAT, "%s: top_k %d is negative", path, gen->top_k);
     if (!(gen->repetition_penalty > 0) || !isfinite(gen->repetition_penalty))

@@ -78,6 +78,7 @@ typedef struct generation_config {
     double temperature;     /* default 1.0 */
     int top_k;              /* default 50 */
     double top_p;           /* default 1.0 */
+    double min_p;           /* default None, stored as 0 (off) */
     double repetition_penalty; /* default 1.0 */
     int max_new_tokens;     /* -1 = unset (default) */
     int max_length;         /* default 20 */

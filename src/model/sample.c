@@ -15,7 +15,7 @@ void sampler_config_from_generation(sampler_config *sc, const generation_config 
     sc->temperature = (float)g->temperature;
     sc->top_k = g->top_k;
     sc->top_p = (float)g->top_p;
-    sc->min_p = 0.0f; /* GenerationConfig.min_p defaults to None; config.h does not read it */
+    sc->min_p = (float)g->min_p; /* GenerationConfig.min_p: None (0 here) turns it off */
     sc->repetition_penalty = (float)g->repetition_penalty;
     sc->seed = 0;
 }
