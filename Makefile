@@ -16,7 +16,8 @@
 
 CC      ?= cc
 CLANG   ?= clang
-PKGS    := jansson libpcre2-8 libutf8proc libjpeg libpng nettle
+# libcurl: models from the Hugging Face hub (src/io/hub.c)
+PKGS    := jansson libpcre2-8 libutf8proc libjpeg libpng nettle libcurl
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)

@@ -9,6 +9,7 @@ packages=(
   libpcre2-dev libutf8proc-dev      # the tokenizer's regex and Unicode normalisation
   libjpeg62-turbo-dev libpng-dev    # image decoding
   nettle-dev                        # SHA-256
+  libcurl4-openssl-dev              # models from the Hugging Face hub (HTTPS)
 )
 if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi
 $sudo apt-get update -qq
