@@ -10,6 +10,7 @@ packages=(
   libjpeg62-turbo-dev libpng-dev    # image decoding
   nettle-dev                        # SHA-256
   libcurl4-openssl-dev              # models from the Hugging Face hub (HTTPS)
+  libgd-dev                         # the --save-viz picture (text, PNG)
 )
 if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi
 $sudo apt-get update -qq

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-AREAS = ["tokenizer", "image", "checkpoint", "vision", "text"]
+AREAS = ["tokenizer", "image", "checkpoint", "vision", "text", "pipeline"]
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ static const command commands[] = {
     {"make-checkpoint", cmd_make_checkpoint, "write a random test/benchmark checkpoint from a seed"},
     {"bench", cmd_bench, "time the input side (tokenizer, image pre-processing)"},
     {"generate", cmd_generate, "answer a prompt about images (chat template, vision, decoding)"},
+    {"run", cmd_run, "ERGO's two-stage answer about an image (or the one-pass baseline)"},
     {"download", cmd_download, "fetch a checkpoint from the Hugging Face hub into the local cache"},
 };
 
