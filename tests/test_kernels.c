@@ -185,6 +185,63 @@ static void test_matmul(void) {
     }
 }
 
+/* The blocked many-row path of every ISA: within the summation-order bound of the
+ * reference, and bit-identical to one dot_wt of the same ISA per element (so
+ * prefill in chunks, decode and full prefill agree exactly). Shapes straddle the
+ * tiles (4x3 / 2x3), the blocks (48 columns, rows per L2 budget) and the vector
+ * widths; the last ones are real widths (vision 1280/3420, text 3584/18944). */
+static void test_matmul_blocked(cpu_isa isa) {
+    static const int shapes[][3] = {
+        {4, 1, 3},     {5, 15, 4},     {7, 16, 7},     {8, 17, 49},    {9, 31, 50},
+        {13, 32, 97},  {11, 33, 5},    {17, 47, 53},   {23, 63, 3},    {4, 65, 145},
+        {37, 129, 47}, {97, 130, 2},   {6, 1280, 40},  {5, 3420, 13},  {9, 3584, 7},
+        {4, 18944, 5}, {131, 1280, 7}, {33, 1176, 52}, {2, 40, 9},     {3, 17, 100}};
+    kernel_table t;
+    kernels_table_for(&t, isa);
+    for (size_t c = 0; c < sizeof shapes / sizeof shapes[0]; c++) {
+        int n = shapes[c][0], k = shapes[c][1], m = shapes[c][2];
+        for (int wt = KDT_F32; wt <= KDT_F16; wt++) {
+            float *x = malloc((size_t)n * k * sizeof *x);
+            fill(x, (size_t)n * k, 177 + c, 2.0f);
+            void *w = make_weights((kdtype)wt, (size_t)m * k, 155 + c, 0.5f);
+            void *b = make_weights((kdtype)wt, (size_t)m, 166 + c, 1.0f);
+            float *want = malloc((size_t)n * m * sizeof *want);
+            float *got = malloc(((size_t)n * m + GUARD) * sizeof *got);
+            for (int with_bias = 0; with_bias < 2; with_bias++) {
+                const void *bias = with_bias ? b : NULL;
+                for (size_t i = 0; i < (size_t)n * m + GUARD; i++) got[i] = guard_value;
+                matmul_wt_ref(want, x, w, (kdtype)wt, bias, (kdtype)wt, n, k, m);
+                matmul_wt_blocked(&t, got, x, w, (kdtype)wt, bias, (kdtype)wt, n, k, m);
+                char label[112];
+                snprintf(label, sizeof label, "matmul_wt_blocked %s %s n=%d k=%d m=%d bias=%d",
+                         cpu_isa_name(isa), kdtype_name((kdtype)wt), n, k, m, with_bias);
+                CHECK_CLOSE(got, want, (size_t)n * m, 2.5e-7 * k, 0, label);
+                /* the same element by the ISA's dot product, compared bit for bit */
+                size_t rb = (size_t)k * (wt == KDT_F32 ? 4 : 2), bad = 0, first = 0;
+                for (int i = 0; i < n; i++)
+                    for (int j = 0; j < m; j++) {
+                        float s = t.dot_wt(x + (size_t)i * k, (const char *)w + (size_t)j * rb,
+                                           (kdtype)wt, (size_t)k);
+                        if (bias) s += wt == KDT_F32 ? ((const float *)bias)[j]
+                                       : wt == KDT_BF16 ? bf16_to_f32_one(((const uint16_t *)bias)[j])
+                                                        : f16_to_f32_one(((const uint16_t *)bias)[j]);
+                        if (memcmp(&s, &got[(size_t)i * m + j], sizeof s) != 0 && !bad++)
+                            first = (size_t)i * m + j;
+                    }
+                CHECK(bad == 0,
+                      "%s: %zu elements differ from dot_wt bit for bit (first [%zu]: blocked %.9g, "
+                      "ref %.9g)",
+                      label, bad, first, (double)got[first], (double)want[first]);
+                int guard_ok = 1;
+                for (size_t i = (size_t)n * m; i < (size_t)n * m + GUARD; i++)
+                    guard_ok &= got[i] == guard_value;
+                CHECK(guard_ok, "%s: wrote past the output", label);
+            }
+            free(x), free(w), free(b), free(want), free(got);
+        }
+    }
+}
+
 /* The row-wise ops against double-precision definitions. */
 static void test_row_ops(void) {
     enum { N = 3, D = 1280 };
@@ -236,6 +293,7 @@ void test_kernels(void) {
         test_dot((cpu_isa)isa);
         test_conversions((cpu_isa)isa);
         test_dot_wt((cpu_isa)isa);
+        test_matmul_blocked((cpu_isa)isa);
     }
     ergo_error err = {0};
     kernels_init(NULL, &err);

@@ -1,5 +1,6 @@
 /*
- * cmd_bench.c - `ergo bench inputs`: how long the input side takes.
+ * cmd_bench.c - `ergo bench inputs`: how long the input side takes (and the entry
+ * of `ergo bench model`, cmd_bench_model.c).
  *
  * Tokenizer load, encode and decode throughput over a text file, and the demo
  * photo's decode, ERGO stage-1 resize and processor time. Each figure is the
@@ -158,9 +159,13 @@ static int bench_image(const char *model_dir, const char *image_path, int reps) 
     return 0;
 }
 
+/* `ergo bench model ...` (or `ergo bench --random 7b ...`): cmd_bench_model.c */
+int bench_model_main(int argc, char **argv);
+
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: ergo bench inputs --model DIR [--text FILE] [--image FILE] [--reps N]\n"
+            "usage: ergo bench model (--model DIR | --random 7b|3b) [options]  (see ergo bench model --help)\n"
+            "       ergo bench inputs --model DIR [--text FILE] [--image FILE] [--reps N]\n"
             "  Times the input side: tokenizer load/encode/decode over FILE's text, and\n"
             "  an image's decode, ERGO stage-1 resize and processor (DIR needs\n"
             "  tokenizer.json and preprocessor_config.json). Medians of N runs (default 5).\n");
@@ -169,6 +174,9 @@ static void usage(FILE *f) {
 int cmd_bench(int argc, char **argv) {
     const char *model = NULL, *text = NULL, *image_path = NULL;
     int reps = 5;
+    if (argc >= 2 && !strcmp(argv[1], "model")) return bench_model_main(argc - 2, argv + 2);
+    if (argc >= 2 && (!strcmp(argv[1], "--random") || !strcmp(argv[1], "--model")))
+        return bench_model_main(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "inputs") != 0) {
         if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
             usage(stdout);

@@ -196,13 +196,31 @@ ergo_status ckpt_case_load(ckpt_case *c, const char *path, ergo_error *err) {
     return s;
 }
 
-ergo_status ckpt_case_7b(ckpt_case *c, int text_layers, int vision_depth, uint64_t seed,
-                         ergo_error *err) {
+/* The 7B config reshaped to Qwen2.5-VL-3B's (its config.json: hidden 2048, 36 layers,
+ * 16 heads, 2 kv heads, ffn 11008, vocab 151936, tied embeddings; vision as 7B's
+ * with out_hidden 2048). */
+static void config_3b(model_config *cfg) {
+    model_config_7b(cfg);
+    cfg->text.vocab_size = 151936;
+    cfg->text.hidden = 2048;
+    cfg->text.ffn = 11008;
+    cfg->text.n_layers = 36;
+    cfg->text.n_heads = 16;
+    cfg->text.n_kv_heads = 2;
+    cfg->text.head_dim = 128;
+    cfg->text.tie_word_embeddings = 1;
+    cfg->vision.out_hidden = 2048;
+}
+
+static ergo_status case_real(ckpt_case *c, int is_3b, int text_layers, int vision_depth,
+                             uint64_t seed, ergo_error *err) {
     memset(c, 0, sizeof *c);
     model_config cfg;
-    model_config_7b(&cfg);
+    if (is_3b) config_3b(&cfg);
+    else model_config_7b(&cfg);
     if (text_layers < 1 || vision_depth < 1)
-        return ergo_fail(err, ERGO_E_ARG, "7b case: layer counts must be positive");
+        return ergo_fail(err, ERGO_E_ARG, "%s case: layer counts must be positive",
+                         is_3b ? "3b" : "7b");
     cfg.text.n_layers = text_layers;
     cfg.vision.depth = vision_depth;
     int n = 0;
@@ -211,7 +229,8 @@ ergo_status ckpt_case_7b(ckpt_case *c, int text_layers, int vision_depth, uint64
             cfg.vision.full_attn_blocks[n++] = cfg.vision.full_attn_blocks[i];
     if (n == 0) cfg.vision.full_attn_blocks[n++] = 0;
     cfg.vision.n_full_attn = n;
-    snprintf(c->name, sizeof c->name, "7b-widths-%dL-%dV", text_layers, vision_depth);
+    snprintf(c->name, sizeof c->name, "%s-widths-%dL-%dV", is_3b ? "3b" : "7b", text_layers,
+             vision_depth);
     c->seed = seed;
     c->config_layout = CONFIG_FLAT;
     c->name_layout = NAMES_LEGACY;
@@ -228,6 +247,16 @@ ergo_status ckpt_case_7b(ckpt_case *c, int text_layers, int vision_depth, uint64
     ergo_status s = model_config_parse(&c->parsed, c->config, c->name, err);
     if (s) ckpt_case_free(c);
     return s;
+}
+
+ergo_status ckpt_case_7b(ckpt_case *c, int text_layers, int vision_depth, uint64_t seed,
+                         ergo_error *err) {
+    return case_real(c, 0, text_layers, vision_depth, seed, err);
+}
+
+ergo_status ckpt_case_3b(ckpt_case *c, int text_layers, int vision_depth, uint64_t seed,
+                         ergo_error *err) {
+    return case_real(c, 1, text_layers, vision_depth, seed, err);
 }
 
 /* ---- writing ---- */

@@ -81,6 +81,10 @@ void ckpt_case_free(ckpt_case *c);
 ergo_status ckpt_case_7b(ckpt_case *c, int text_layers, int vision_depth, uint64_t seed,
                          ergo_error *err);
 
+/* The same for Qwen2.5-VL-3B's shapes (hidden 2048, 36/16/2 heads, ffn 11008, vocab
+ * 151936, tied embeddings; vision as 7B with out_hidden 2048). */
+ergo_status ckpt_case_3b(ckpt_case *c, int text_layers, int vision_depth, uint64_t seed,
+                         ergo_error *err);
 /* The generator's value of element i of one parameter, as float32 before rounding. */
 float random_weight_f32(const ckpt_case *c, const weight_spec *sp, uint64_t stream, int64_t i);
 

@@ -7,7 +7,8 @@
 
 #include "kernels.h"
 
-kernel_table kern = {ISA_REF, dot_f32_ref, bf16_to_f32_ref, f16_to_f32_ref, dot_wt_ref};
+kernel_table kern = {ISA_REF, dot_f32_ref, bf16_to_f32_ref, f16_to_f32_ref, dot_wt_ref,
+                     matmul_block_ref};
 
 /* clang 14's __builtin_cpu_supports does not know "f16c": ask CPUID leaf 1 (ECX bit 29). */
 static int cpu_has_f16c(void) {
@@ -44,18 +45,21 @@ void kernels_table_for(kernel_table *t, cpu_isa isa) {
         t->bf16_to_f32 = bf16_to_f32_avx512;
         t->f16_to_f32 = f16_to_f32_avx512;
         t->dot_wt = dot_wt_avx512;
+        t->matmul_block = matmul_block_avx512;
         break;
     case ISA_AVX2:
         t->dot_f32 = dot_f32_avx2;
         t->bf16_to_f32 = bf16_to_f32_avx2;
         t->f16_to_f32 = f16_to_f32_avx2;
         t->dot_wt = dot_wt_avx2;
+        t->matmul_block = matmul_block_avx2;
         break;
     case ISA_REF:
         t->dot_f32 = dot_f32_ref;
         t->bf16_to_f32 = bf16_to_f32_ref;
         t->f16_to_f32 = f16_to_f32_ref;
         t->dot_wt = dot_wt_ref;
+        t->matmul_block = matmul_block_ref;
         break;
     }
 }
@@ -77,5 +81,9 @@ ergo_status kernels_init(const char *requested, ergo_error *err) {
                              cpu_isa_name(best));
     }
     kernels_table_for(&kern, isa);
+    /* ERGO_MATMUL=dot keeps one dot product per element for many rows too (the
+     * engine's first path; benchmarks compare against it). Same results either way. */
+    const char *mm = getenv("ERGO_MATMUL");
+    if (mm && !strcmp(mm, "dot")) kern.matmul_block = NULL;
     return ERGO_OK;
 }

@@ -5,7 +5,8 @@
  * where it pays, <op>_avx2 and <op>_avx512 beside it in the same file, with the
  * same signature (outputs first, then inputs, then sizes). kernels_init() fills
  * the `kern` table once from what the CPU and OS support; ERGO_ISA=ref|avx2|avx512
- * forces a path (an unsupported one is refused, not emulated). One binary runs
+ * forces a path (an unsupported one is refused, not emulated); ERGO_MATMUL=dot
+ * turns off the blocked many-row matmul (kern.matmul_block = NULL). One binary runs
  * on any x86-64: the SIMD functions carry target attributes, nothing is built
  * with -march.
  *
@@ -40,6 +41,10 @@ typedef struct kernel_table {
     void (*f16_to_f32)(float *out, const uint16_t *in, size_t n);
     /* sum_i x[i]*w[i] with w in its stored type (kdtype, below) */
     float (*dot_wt)(const float *x, const void *w, kdtype wt, size_t n);
+    /* rows [i0,i1) x columns [j0,j1) of y (., m) = x (., k) @ W^T (+ bias), one thread;
+     * each element bit-identical to dot_wt of the same table (gemm.c) */
+    void (*matmul_block)(float *y, const float *x, const void *w, kdtype wt, const void *bias,
+                         kdtype bt, int k, int m, int i0, int i1, int j0, int j1);
 } kernel_table;
 
 extern kernel_table kern;
@@ -48,17 +53,24 @@ extern kernel_table kern;
  *
  * matmul_wt: y (n, m) = x (n, k) @ W^T (+ bias), with W (m, k) row-major as PyTorch's
  *   nn.Linear stores it and bias (m) or NULL. Threads over output columns (OpenMP);
- *   y must not alias x.
+ *   y must not alias x. From MATMUL_BLOCKED_MIN_N rows on it runs matmul_wt_blocked;
+ *   either way every element equals kern.dot_wt of its row and column (plus bias),
+ *   so results do not depend on n, on chunking or on the number of threads.
  * rmsnorm:   y (n, d) = x / sqrt(mean(x^2) + eps) * w, per row (Qwen2RMSNorm in f32).
  * silu_mul:  g (n) = silu(g) * u (SwiGLU's gate times up), in place.
  * gelu_erf:  x (n) = 0.5 x (1 + erf(x / sqrt 2)) (nn.GELU(), exact), in place.
  * softmax:   x (n) in place, max-subtracted, f32.
  * add:       y (n) += x.
  */
+#define MATMUL_BLOCKED_MIN_N 4
 void matmul_wt(float *y, const float *x, const void *w, kdtype wt, const void *bias, kdtype bt,
                int n, int k, int m);
 void matmul_wt_ref(float *y, const float *x, const void *w, kdtype wt, const void *bias,
                    kdtype bt, int n, int k, int m);
+/* The many-row path of matmul_wt with a given table (cache-blocked, threaded; tests
+ * run it for every ISA). Bit-identical to one t->dot_wt per element. */
+void matmul_wt_blocked(const kernel_table *t, float *y, const float *x, const void *w, kdtype wt,
+                       const void *bias, kdtype bt, int n, int k, int m);
 void rmsnorm(float *y, const float *x, const void *w, kdtype wt, int n, int d, float eps);
 void silu_mul(float *g, const float *u, size_t n);
 void gelu_erf(float *x, size_t n);
@@ -95,5 +107,11 @@ float dot_wt_ref(const float *x, const void *w, kdtype wt, size_t n);
 float dot_wt_avx2(const float *x, const void *w, kdtype wt, size_t n);
 float dot_wt_avx512(const float *x, const void *w, kdtype wt, size_t n);
 
+void matmul_block_ref(float *y, const float *x, const void *w, kdtype wt, const void *bias,
+                      kdtype bt, int k, int m, int i0, int i1, int j0, int j1);
+void matmul_block_avx2(float *y, const float *x, const void *w, kdtype wt, const void *bias,
+                       kdtype bt, int k, int m, int i0, int i1, int j0, int j1);
+void matmul_block_avx512(float *y, const float *x, const void *w, kdtype wt, const void *bias,
+                         kdtype bt, int k, int m, int i0, int i1, int j0, int j1);
 
 #endif

@@ -4,7 +4,9 @@
  *
  * matmul_wt_ref is the definition of correct (a plain triple loop); matmul_wt is
  * the same product computed column by column with the dispatched dot product
- * and OpenMP over output columns. Each output element is one dot product, so the
+ * and OpenMP over output columns for few rows (decode), and by gemm.c's
+ * register-blocked tiles for many (bit-identical to the dot products). Each
+ * output element is one dot product, so the
  * result does not depend on the number of threads.
  */
 #include <immintrin.h>
@@ -104,6 +106,10 @@ static size_t kdtype_size(kdtype t) { return t == KDT_F32 ? 4 : 2; }
 
 void matmul_wt(float *y, const float *x, const void *w, kdtype wt, const void *bias, kdtype bt,
                int n, int k, int m) {
+    if (n >= MATMUL_BLOCKED_MIN_N && kern.matmul_block) {
+        matmul_wt_blocked(&kern, y, x, w, wt, bias, bt, n, k, m);
+        return;
+    }
     float (*dot)(const float *, const void *, kdtype, size_t) = kern.dot_wt;
     const size_t row_bytes = (size_t)k * kdtype_size(wt);
     /* Columns outermost: each thread streams its weight rows once per call while the

@@ -1,0 +1,463 @@
+/*
+ * cmd_bench_model.c - `ergo bench model`: the engine's speed against this machine's
+ * limits (issue 5).
+ *
+ * On a checkpoint directory or on random weights of a real shape built in memory,
+ * with a given thread count: vision-encode time at several vision-token counts
+ * (window-attention and full-attention blocks apart), prefill tokens/s, decode
+ * tokens/s at several context lengths, peak resident memory; and the machine's
+ * limits measured with the same threads (kernels/probe.h). Every figure is the
+ * median of --reps runs with the fastest and slowest, and its fraction of the
+ * matching limit: FLOPs / peak f32 FMA rate for the compute-bound phases (the
+ * kernels compute in f32 FMA), bytes read / bandwidth for decode.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "base/rng.h"
+#include "io/random_checkpoint.h"
+#include "kernels/kernels.h"
+#include "kernels/probe.h"
+#include "model/text.h"
+#include "model/vision.h"
+#include "model/weights.h"
+
+#define MAX_REPS 50
+#define MAX_LIST 8
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct stat3 {
+    double median, min, max;
+} stat3;
+
+static stat3 stats(const double *v, int n) {
+    double s[MAX_REPS > 64 ? MAX_REPS : 64];
+    memcpy(s, v, sizeof *v * (size_t)n);
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    stat3 r = {s[n / 2], s[0], s[n - 1]};
+    if (n % 2 == 0) r.median = 0.5 * (s[n / 2 - 1] + s[n / 2]);
+    return r;
+}
+
+static json_t *jstat(stat3 s) {
+    return json_pack("{s:f, s:f, s:f}", "median", s.median, "min", s.min, "max", s.max);
+}
+
+typedef struct opts {
+    const char *model_dir, *random, *weights;
+    int text_layers, vision_layers, threads, reps, json, chunk, decode_steps;
+    int vt[MAX_LIST], n_vt, pf[MAX_LIST], n_pf, dc[MAX_LIST], n_dc;
+    double probe_seconds;
+    FILE *tab; /* the table: stdout, or stderr when stdout gets the JSON */
+} opts;
+
+static int parse_list(const char *s, int *out, int *n) {
+    *n = 0;
+    while (*s && *n < MAX_LIST) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v > 1000000) return -1;
+        if (v > 0) out[(*n)++] = (int)v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return -1;
+    }
+    return 0;
+}
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: ergo bench model (--model DIR | --random 7b|3b) [options]\n"
+            "  --text-layers N --vision-layers M   depths of --random (default 2 and 2)\n"
+            "  --threads N            OpenMP threads (default: all)\n"
+            "  --reps N               repetitions per figure (default 3)\n"
+            "  --vision-tokens LIST   merged vision tokens, e.g. 640,1280,4471 (0 = none)\n"
+            "  --prefill LIST         prompt lengths, e.g. 512,2048\n"
+            "  --decode LIST          contexts, e.g. 1024,4096; --decode-steps N (default 8)\n"
+            "  --chunk N              prefill chunk (rows per forward call, default 256)\n"
+            "  --probe-seconds S      time for the machine probe (default 2; 0 = skip)\n"
+            "  --json                 JSON on stdout (the table goes to stderr)\n");
+}
+
+/* ---- FLOP and byte counts ---- */
+
+/* Merged grid hm x wm with about v tokens: exact and near-square when v factors
+ * with an aspect ratio of at most 2, else the nearest square-ish grid. */
+static void grid_for(int v, int *hm, int *wm) {
+    int best = 0;
+    for (int h = (int)sqrt((double)v); h >= 1; h--)
+        if (v % h == 0) {
+            if (v / h <= 2 * h) best = h;
+            break;
+        }
+    if (best) {
+        *hm = best, *wm = v / best;
+        return;
+    }
+    *hm = (int)lround(sqrt((double)v));
+    *wm = (int)lround((double)v / *hm);
+}
+
+/* FLOPs of one vision block on n patches: the linear layers, plus attention over
+ * all patches (full) or window by window (window side `wu` merged tokens). */
+static double vision_block_flops(const vision_config *c, int hm, int wm, int full) {
+    double n = 4.0 * hm * wm, d = c->hidden, f = c->ffn;
+    double lin = n * 2 * (d * 3 * d + d * d + 3 * d * f);
+    double att = 0;
+    if (full) att = 4.0 * n * n * d;
+    else {
+        int wu = c->window / (c->patch * c->merge);
+        for (int r = 0; r < hm; r += wu)
+            for (int q = 0; q < wm; q += wu) {
+                double rows = hm - r < wu ? hm - r : wu, cols = wm - q < wu ? wm - q : wu;
+                double p = rows * cols * 4;
+                att += 4.0 * p * p * d;
+            }
+    }
+    return lin + att;
+}
+
+static double text_layer_params(const text_config *t) {
+    double d = t->hidden, qd = (double)t->n_heads * t->head_dim, kd = (double)t->n_kv_heads * t->head_dim;
+    return d * qd + 2 * d * kd + qd * d + 3 * d * t->ffn;
+}
+
+static size_t dtype_bytes(const tensor *t) { return t->numel ? t->nbytes / (size_t)t->numel : 2; }
+
+/* ---- the phases ---- */
+
+typedef struct limits_ctx {
+    probe_limits lim;
+    double peak_f32; /* the FMA peak of the ISA in use, GFLOP/s */
+} limits_ctx;
+
+static int fail(ergo_error *err) {
+    fprintf(stderr, "ergo bench: %s\n", err->msg);
+    return 1;
+}
+
+static int bench_vision(const model *m, const opts *o, const limits_ctx *L, json_t *out) {
+    const vision_config *c = &m->config.vision;
+    ergo_error err = {0};
+    int max_patches = 0;
+    int hms[MAX_LIST], wms[MAX_LIST];
+    for (int i = 0; i < o->n_vt; i++) {
+        grid_for(o->vt[i], &hms[i], &wms[i]);
+        if (4 * hms[i] * wms[i] > max_patches) max_patches = 4 * hms[i] * wms[i];
+    }
+    if (!max_patches) return 0;
+    vision_state vs;
+    if (vision_state_init(&vs, c, max_patches, &err)) return fail(&err);
+    const int row = c->in_channels * c->temporal_patch * c->patch * c->patch;
+    float *pix = malloc(sizeof *pix * (size_t)max_patches * row);
+    float *emb = malloc(sizeof *emb * (size_t)(max_patches / 4) * c->out_hidden);
+    if (!pix || !emb) {
+        free(pix), free(emb), vision_state_free(&vs);
+        fprintf(stderr, "ergo bench: out of memory for %d patches\n", max_patches);
+        return 1;
+    }
+    for (size_t i = 0; i < (size_t)max_patches * row; i++) pix[i] = rng_uniform(7, i) * 2.0f;
+    for (int i = 0; i < o->n_vt; i++) {
+        int hm = hms[i], wm = wms[i], tokens = hm * wm;
+        double tot[MAX_REPS], win[MAX_REPS], full[MAX_REPS];
+        int n_win = 0, n_full = 0;
+        for (int l = 0; l < c->depth; l++) {
+            if (vision_layer_is_full_attention(c, l)) n_full++;
+            else n_win++;
+        }
+        for (int r = 0; r < o->reps; r++) {
+            double t0 = now_ms();
+            if (vision_encode(m, &vs, pix, 1, 2 * hm, 2 * wm, emb, &err)) {
+                free(pix), free(emb), vision_state_free(&vs);
+                return fail(&err);
+            }
+            tot[r] = now_ms() - t0;
+            win[r] = full[r] = 0;
+            for (int l = 0; l < c->depth; l++) {
+                if (vision_layer_is_full_attention(c, l)) full[r] += vs.layer_ms[1 + l];
+                else win[r] += vs.layer_ms[1 + l];
+            }
+        }
+        stat3 st = stats(tot, o->reps), sw = stats(win, o->reps), sf = stats(full, o->reps);
+        double fw = vision_block_flops(c, hm, wm, 0), ff = vision_block_flops(c, hm, wm, 1);
+        double ftot = fw * n_win + ff * n_full + 4.0 * tokens * 2 * row * c->hidden +
+                      tokens * 2.0 * (4.0 * c->hidden * 4 * c->hidden + 4.0 * c->hidden * c->out_hidden);
+        double frac = ftot / (st.median * 1e-3) / 1e9 / L->peak_f32;
+        double fr_w = n_win ? fw * n_win / (sw.median * 1e-3) / 1e9 / L->peak_f32 : 0;
+        double fr_f = n_full ? ff * n_full / (sf.median * 1e-3) / 1e9 / L->peak_f32 : 0;
+        double w_per = n_win ? sw.median / n_win / tokens * 1e3 : 0; /* us per block per token */
+        double f_per = n_full ? sf.median / n_full / tokens * 1e3 : 0;
+        {
+            fprintf(o->tab, "vision %5d tokens (%dx%d merged, %d patches): %9.1f ms (min %.1f, max %.1f)  "
+                   "%6.1f GFLOP/s  %5.1f%% of f32 FMA peak\n",
+                   tokens, hm, wm, 4 * tokens, st.median, st.min, st.max,
+                   ftot / (st.median * 1e-3) / 1e9, 100 * frac);
+            if (n_win)
+                fprintf(o->tab, "  window blocks (%d): %9.1f ms  %7.1f ms/block  %6.2f us/block/token  %5.1f%% of peak\n",
+                       n_win, sw.median, sw.median / n_win, w_per, 100 * fr_w);
+            if (n_full)
+                fprintf(o->tab, "  full blocks   (%d): %9.1f ms  %7.1f ms/block  %6.2f us/block/token  %5.1f%% of peak\n",
+                       n_full, sf.median, sf.median / n_full, f_per, 100 * fr_f);
+        }
+        json_array_append_new(
+            out, json_pack("{s:i, s:i, s:i, s:i, s:o, s:f, s:f, s:{s:i, s:o, s:f, s:f}, s:{s:i, s:o, s:f, s:f}}",
+                           "vision_tokens", tokens, "grid_h", 2 * hm, "grid_w", 2 * wm, "patches",
+                           4 * tokens, "ms", jstat(st), "gflop", ftot / 1e9, "fraction_of_peak", frac,
+                           "window_blocks", "count", n_win, "ms", jstat(sw), "us_per_block_per_token",
+                           w_per, "fraction_of_peak", fr_w, "full_blocks", "count", n_full, "ms",
+                           jstat(sf), "us_per_block_per_token", f_per, "fraction_of_peak", fr_f));
+    }
+    free(pix), free(emb), vision_state_free(&vs);
+    return 0;
+}
+
+/* Text-only positions: the three M-RoPE ids of token i are all n_past + i. */
+static void fill_ids(int32_t *ids, int32_t *pos, int n, int n_past, int vocab, uint64_t seed) {
+    for (int i = 0; i < n; i++) {
+        ids[i] = (int32_t)(rng_uniform(seed, (uint64_t)i) * 0.5f * (float)(vocab / 2)) + vocab / 4;
+        if (ids[i] < 0) ids[i] = 0;
+        pos[i] = n_past + i;
+    }
+}
+
+static int forward_chunks(const model *m, text_state *st, kv_cache *kv, int n_past, int32_t *ids,
+                          int32_t *pos, int n, int chunk, float *logits, ergo_error *err) {
+    for (int s = 0; s < n; s += chunk) {
+        int len = n - s < chunk ? n - s : chunk;
+        text_input in = {ids + s, {pos + s, pos + s, pos + s}, len, NULL, 0,
+                         m->config.image_token_id};
+        if (text_forward(m, st, kv, n_past + s, &in, s + len == n ? 1 : 0, logits, err)) return 1;
+    }
+    return 0;
+}
+
+static int bench_text(const model *m, const opts *o, const limits_ctx *L, json_t *jpf,
+                      json_t *jdc) {
+    const text_config *t = &m->config.text;
+    ergo_error err = {0};
+    int max_ctx = 1;
+    for (int i = 0; i < o->n_pf; i++) max_ctx = o->pf[i] > max_ctx ? o->pf[i] : max_ctx;
+    for (int i = 0; i < o->n_dc; i++)
+        max_ctx = o->dc[i] + o->decode_steps > max_ctx ? o->dc[i] + o->decode_steps : max_ctx;
+    if (!o->n_pf && !o->n_dc) return 0;
+    text_state st;
+    kv_cache kv;
+    if (text_state_init(&st, t, o->chunk, &err)) return fail(&err);
+    if (kv_cache_init(&kv, t, max_ctx, &err)) {
+        text_state_free(&st);
+        return fail(&err);
+    }
+    int32_t *ids = malloc(sizeof *ids * (size_t)max_ctx), *pos = malloc(sizeof *pos * (size_t)max_ctx);
+    float *logits = malloc(sizeof *logits * (size_t)t->vocab_size);
+    int status = 0;
+    if (!ids || !pos || !logits) {
+        fprintf(stderr, "ergo bench: out of memory\n");
+        status = 1;
+    }
+    const double lp = text_layer_params(t), L_ = t->n_layers;
+    const double qd = (double)t->n_heads * t->head_dim;
+    for (int i = 0; i < o->n_pf && !status; i++) {
+        int n = o->pf[i];
+        double ms[MAX_REPS];
+        fill_ids(ids, pos, n, 0, t->vocab_size, 100 + (uint64_t)i);
+        for (int r = 0; r < o->reps && !status; r++) {
+            double t0 = now_ms();
+            status = forward_chunks(m, &st, &kv, 0, ids, pos, n, o->chunk, logits, &err);
+            ms[r] = now_ms() - t0;
+        }
+        if (status) break;
+        stat3 s = stats(ms, o->reps);
+        /* per token per layer: the linear layers, and attention over (n+1)/2 keys on average */
+        double flops = L_ * n * (2 * lp + 4.0 * qd * (n + 1) / 2) + 2.0 * t->hidden * t->vocab_size;
+        double tps = n / (s.median * 1e-3), frac = flops / (s.median * 1e-3) / 1e9 / L->peak_f32;
+        fprintf(o->tab, "prefill %5d tokens: %9.1f ms (min %.1f, max %.1f)  %8.1f tokens/s  %6.1f GFLOP/s  "
+                   "%5.1f%% of f32 FMA peak\n",
+                   n, s.median, s.min, s.max, tps, flops / (s.median * 1e-3) / 1e9, 100 * frac);
+        json_array_append_new(jpf, json_pack("{s:i, s:o, s:f, s:f, s:f}", "tokens", n, "ms",
+                                             jstat(s), "tokens_per_s", tps, "gflop", flops / 1e9,
+                                             "fraction_of_peak", frac));
+    }
+    /* Decode: the context is filled with random keys and values (what a prefill of
+     * random ids would leave, at none of its cost; decode time does not depend on
+     * the values), then decode_steps single-token steps are timed one by one. */
+    const tensor *head = &m->weights.text.lm_head;
+    const double wbytes = L_ * lp * (double)dtype_bytes(head) + (double)head->nbytes;
+    for (int i = 0; i < o->n_dc && !status; i++) {
+        int ctx = o->dc[i];
+        for (int l = 0; l < t->n_layers; l++)
+            for (int g = 0; g < t->n_kv_heads; g++)
+                for (int j = 0; j < ctx; j++) {
+                    float *kr = kv_cache_k(&kv, l, g, j), *vr = kv_cache_v(&kv, l, g, j);
+                    for (int d = 0; d < t->head_dim; d++) {
+                        uint64_t e = (((uint64_t)l * 64 + (uint64_t)g) << 32) + (uint64_t)j * 256 + (uint64_t)d;
+                        kr[d] = rng_uniform(11, e), vr[d] = rng_uniform(12, e);
+                    }
+                }
+        double ms[MAX_REPS > 64 ? MAX_REPS : 64];
+        int steps = o->decode_steps;
+        fill_ids(ids, pos, steps, ctx, t->vocab_size, 200 + (uint64_t)i);
+        for (int s = 0; s < steps && !status; s++) {
+            text_input in = {ids + s, {pos + s, pos + s, pos + s}, 1, NULL, 0, m->config.image_token_id};
+            double t0 = now_ms();
+            status = text_forward(m, &st, &kv, ctx + s, &in, 1, logits, &err) != ERGO_OK;
+            ms[s] = now_ms() - t0;
+        }
+        if (status) break;
+        stat3 s = stats(ms, steps);
+        double kvbytes = L_ * 2.0 * (ctx + steps / 2.0) * t->n_kv_heads * t->head_dim * sizeof(float);
+        double bytes = wbytes + kvbytes;
+        double tps = 1e3 / s.median, gbs = bytes / (s.median * 1e-3) / 1e9;
+        double frac = L->lim.bandwidth_gbs > 0 ? gbs / L->lim.bandwidth_gbs : 0;
+        fprintf(o->tab, "decode at %5d context: %7.2f ms/token (min %.2f, max %.2f)  %7.2f tokens/s  "
+                   "%6.1f GB/s read  %5.1f%% of bandwidth\n",
+                   ctx, s.median, s.min, s.max, tps, gbs, 100 * frac);
+        json_array_append_new(jdc, json_pack("{s:i, s:i, s:o, s:f, s:f, s:f, s:f}", "context", ctx,
+                                             "steps", steps, "ms_per_token", jstat(s),
+                                             "tokens_per_s", tps, "bytes_per_token", bytes,
+                                             "gb_per_s", gbs, "fraction_of_bandwidth", frac));
+    }
+    if (status && err.msg[0]) fail(&err);
+    free(ids), free(pos), free(logits);
+    kv_cache_free(&kv);
+    text_state_free(&st);
+    return status;
+}
+
+int bench_model_main(int argc, char **argv);
+int bench_model_main(int argc, char **argv) {
+    opts o = {.text_layers = 2, .vision_layers = 2, .reps = 3, .chunk = 256, .decode_steps = 8,
+              .probe_seconds = 2.0};
+    o.n_vt = 3, o.vt[0] = 640, o.vt[1] = 1280, o.vt[2] = 4471;
+    o.n_pf = 2, o.pf[0] = 512, o.pf[1] = 2048;
+    o.n_dc = 2, o.dc[0] = 1024, o.dc[1] = 4096;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--json")) {
+            o.json = 1;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "ergo bench: %s needs a value\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        char *end = NULL;
+        long n = strtol(v, &end, 10);
+        int is_int = end && !*end;
+        if (!strcmp(a, "--model")) o.model_dir = v;
+        else if (!strcmp(a, "--random")) o.random = v;
+        else if (!strcmp(a, "--text-layers") && is_int && n >= 1 && n <= 64) o.text_layers = (int)n;
+        else if (!strcmp(a, "--vision-layers") && is_int && n >= 1 && n <= 64) o.vision_layers = (int)n;
+        else if (!strcmp(a, "--threads") && is_int && n >= 1 && n <= 1024) o.threads = (int)n;
+        else if (!strcmp(a, "--reps") && is_int && n >= 1 && n <= MAX_REPS) o.reps = (int)n;
+        else if (!strcmp(a, "--chunk") && is_int && n >= 1 && n <= 8192) o.chunk = (int)n;
+        else if (!strcmp(a, "--decode-steps") && is_int && n >= 1 && n <= 64) o.decode_steps = (int)n;
+        else if (!strcmp(a, "--probe-seconds")) o.probe_seconds = atof(v);
+        else if (!strcmp(a, "--vision-tokens") && !parse_list(v, o.vt, &o.n_vt)) {
+        } else if (!strcmp(a, "--prefill") && !parse_list(v, o.pf, &o.n_pf)) {
+        } else if (!strcmp(a, "--decode") && !parse_list(v, o.dc, &o.n_dc)) {
+        } else {
+            fprintf(stderr, "ergo bench: bad option or value: %s %s\n", a, v);
+            return 2;
+        }
+    }
+    if (!o.model_dir == !o.random) {
+        fprintf(stderr, "ergo bench: give exactly one of --model DIR and --random 7b|3b\n");
+        return 2;
+    }
+    if (o.random && strcmp(o.random, "7b") && strcmp(o.random, "3b")) {
+        fprintf(stderr, "ergo bench: --random takes 7b or 3b, not %s\n", o.random);
+        return 2;
+    }
+    if (o.threads) omp_set_num_threads(o.threads);
+    const int threads = o.threads ? o.threads : omp_get_max_threads();
+    ergo_error err = {0};
+    if (kernels_init(NULL, &err)) return fail(&err);
+
+    limits_ctx L = {0};
+    if (o.probe_seconds > 0) probe_run(&L.lim, threads, o.probe_seconds);
+    L.peak_f32 = kern.isa == ISA_AVX512 ? L.lim.fma_avx512_gflops : L.lim.fma_avx2_gflops;
+    if (L.peak_f32 <= 0) L.peak_f32 = 1e30; /* no probe: fractions print as 0 */
+
+    model m;
+    double t0 = now_ms();
+    if (o.model_dir) {
+        if (model_load(&m, o.model_dir, &err)) return fail(&err);
+    } else {
+        ckpt_case c;
+        ergo_status s = !strcmp(o.random, "3b")
+                            ? ckpt_case_3b(&c, o.text_layers, o.vision_layers, 1234, &err)
+                            : ckpt_case_7b(&c, o.text_layers, o.vision_layers, 1234, &err);
+        if (s) return fail(&err);
+        s = random_checkpoint_fill(&m, &c, &err);
+        ckpt_case_free(&c);
+        if (s) return fail(&err);
+    }
+    double load_ms = now_ms() - t0;
+    param_counts pc;
+    weights_count(&m.weights, &m.config, &pc);
+    const char *matmul = kern.matmul_block ? "blocked" : "dot";
+    o.tab = o.json ? stderr : stdout;
+    {
+        fprintf(o.tab, "model: %s (%d text layers, %d vision blocks, %.2f GB of weights), loaded in %.1f s\n",
+               m.ckpt.dir, m.config.text.n_layers, m.config.vision.depth, (double)pc.bytes / 1e9,
+               load_ms / 1e3);
+        fprintf(o.tab, "threads %d, isa %s, matmul %s, reps %d\n", threads, cpu_isa_name(kern.isa), matmul,
+               o.reps);
+        fprintf(o.tab, "machine (probe, %d threads): read bandwidth %.1f GB/s (%.0f MB buffer); f32 FMA "
+               "avx512 %.1f, avx2 %.1f GFLOP/s; bf16 dot %.1f GFLOP/s; int8 dot %.1f GOP/s\n",
+               threads, L.lim.bandwidth_gbs, L.lim.buffer_mb, L.lim.fma_avx512_gflops,
+               L.lim.fma_avx2_gflops, L.lim.bf16_dot_gflops, L.lim.int8_dot_gops);
+        fflush(o.tab);
+    }
+    json_t *jv = json_array(), *jpf = json_array(), *jdc = json_array();
+    int status = bench_vision(&m, &o, &L, jv);
+    if (!status) fflush(o.tab), status = bench_text(&m, &o, &L, jpf, jdc);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss_mb = (double)ru.ru_maxrss / 1024.0;
+    if (!status) {
+        if (o.json) {
+            json_t *root = json_pack(
+                "{s:s, s:i, s:i, s:f, s:i, s:s, s:s, s:i, s:f, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:o, s:o, s:o, s:f}",
+                "model", m.ckpt.dir, "text_layers", m.config.text.n_layers, "vision_blocks",
+                m.config.vision.depth, "weight_bytes", (double)pc.bytes, "threads", threads, "isa",
+                cpu_isa_name(kern.isa), "matmul", matmul, "reps", o.reps, "load_ms", load_ms,
+                "limits", "bandwidth_gbs", L.lim.bandwidth_gbs, "fma_avx512_gflops",
+                L.lim.fma_avx512_gflops, "fma_avx2_gflops", L.lim.fma_avx2_gflops,
+                "bf16_dot_gflops", L.lim.bf16_dot_gflops, "int8_dot_gops", L.lim.int8_dot_gops,
+                "buffer_mb", L.lim.buffer_mb, "vision", jv, "prefill", jpf, "decode", jdc,
+                "peak_rss_mb", rss_mb);
+            char *s = json_dumps(root, JSON_INDENT(2) | JSON_REAL_PRECISION(6));
+            if (s) puts(s);
+            free(s);
+            json_decref(root);
+        }
+        fprintf(o.tab, "peak resident memory: %.0f MB\n", rss_mb);
+        if (!o.json) json_decref(jv), json_decref(jpf), json_decref(jdc);
+    } else {
+        json_decref(jv), json_decref(jpf), json_decref(jdc);
+    }
+    model_free(&m);
+    return status;
+}
