@@ -11,6 +11,7 @@
  * pass at the real widths, no reference) keeps the run short (announced by SKIP). */
 #include <time.h>
 
+#include "base/clock.h"
 #include "lm_fixture.h"
 #include "model/generate.h"
 #include "model/session.h"
@@ -178,12 +179,6 @@ static void test_refusals(const json_t *man) {
     kv_cache_free(&kv);
     text_state_free(&st);
     model_free(&m);
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 /* Sanitizer builds: the 7B widths with the vocabulary cut to 4096 (the 1 GB

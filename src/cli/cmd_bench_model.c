@@ -21,6 +21,7 @@
 
 #include <jansson.h>
 
+#include "base/clock.h"
 #include "base/rng.h"
 #include "io/random_checkpoint.h"
 #include "kernels/kernels.h"
@@ -31,12 +32,6 @@
 
 #define MAX_REPS 50
 #define MAX_LIST 8
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

@@ -11,7 +11,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/file.h"
+#include "cli.h"
 #include "commands.h"
 #include "image/image.h"
 #include "image/preprocess.h"
@@ -59,34 +61,10 @@ static void usage(FILE *out) {
             "lm_head.\n");
 }
 
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-/* One line on stderr, whatever the message holds. */
-static int fail(const char *msg) {
-    fputs("ergo generate: ", stderr);
-    for (const char *p = msg; *p; p++) fputc((unsigned char)*p < 0x20 ? ' ' : *p, stderr);
-    fputc('\n', stderr);
-    return 1;
-}
+static int fail(const char *msg) { return cli_fail("generate", msg); }
 
 static int usage_error(const char *fmt, const char *arg) {
-    fputs("ergo generate: ", stderr);
-    fprintf(stderr, fmt, arg);
-    fputs(" (see --help)\n", stderr);
-    return 2;
-}
-
-static int parse_long(const char *s, long long lo, long long hi, long long *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
+    return cli_usage_error("generate", fmt, arg);
 }
 
 static int parse_float(const char *s, float *out) {
@@ -148,11 +126,11 @@ static int parse(options *o, int argc, char **argv, int *exit_code) {
         } else if (!strcmp(a, "--stop")) {
             ok = o->n_stops < MAX_STOPS && *v;
             if (ok) o->stops[o->n_stops++] = v;
-        } else if (!strcmp(a, "--max-new-tokens")) ok = parse_long(v, 0, 1 << 30, &o->max_new);
-        else if (!strcmp(a, "--min-pixels")) ok = parse_long(v, 1, (long long)1 << 40, &o->min_px);
-        else if (!strcmp(a, "--max-pixels")) ok = parse_long(v, 1, (long long)1 << 40, &o->max_px);
-        else if (!strcmp(a, "--top-k")) ok = o->has_top_k = parse_long(v, 0, 1 << 30, &o->top_k);
-        else if (!strcmp(a, "--seed")) ok = o->has_seed = parse_long(v, 0, INT64_MAX, &o->seed);
+        } else if (!strcmp(a, "--max-new-tokens")) ok = cli_parse_long(v, 0, 1 << 30, &o->max_new);
+        else if (!strcmp(a, "--min-pixels")) ok = cli_parse_long(v, 1, (long long)1 << 40, &o->min_px);
+        else if (!strcmp(a, "--max-pixels")) ok = cli_parse_long(v, 1, (long long)1 << 40, &o->max_px);
+        else if (!strcmp(a, "--top-k")) ok = o->has_top_k = cli_parse_long(v, 0, 1 << 30, &o->top_k);
+        else if (!strcmp(a, "--seed")) ok = o->has_seed = cli_parse_long(v, 0, INT64_MAX, &o->seed);
         else if (!strcmp(a, "--temperature")) ok = o->has_temp = parse_float(v, &o->temperature);
         else if (!strcmp(a, "--top-p")) ok = o->has_top_p = parse_float(v, &o->top_p);
         else if (!strcmp(a, "--min-p")) ok = o->has_min_p = parse_float(v, &o->min_p);

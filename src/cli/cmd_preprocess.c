@@ -14,8 +14,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/file.h"
 #include "base/json.h"
+#include "cli.h"
 #include "commands.h"
 #include "image/image.h"
 #include "image/preprocess.h"
@@ -43,13 +45,7 @@ static void usage(FILE *out) {
             "  --timings                       add the time of each step in milliseconds\n");
 }
 
-/* One line on stderr, whatever the message holds. */
-static int fail(const char *msg) {
-    fputs("ergo preprocess: ", stderr);
-    for (const char *p = msg; *p; p++) fputc((unsigned char)*p < 0x20 ? ' ' : *p, stderr);
-    fputc('\n', stderr);
-    return 1;
-}
+static int fail(const char *msg) { return cli_fail("preprocess", msg); }
 
 static int parse_count(const char *flag, const char *s, long long *out) {
     char *end;
@@ -80,12 +76,6 @@ static ergo_status write_f32_le(const char *path, const float *v, size_t n, ergo
 #else
     return file_write_all(path, v, n * sizeof(float), err);
 #endif
-}
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec * 1e-6;
 }
 
 /* ERGO's stage-1 limits (src/ergo/infer.py: MIN_PIXELS, MAX_PIXELS). */

@@ -11,7 +11,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/file.h"
+#include "cli.h"
 #include "commands.h"
 #include "image/image.h"
 #include "io/hub.h"
@@ -68,33 +70,10 @@ static void usage(FILE *out) {
             "(downloaded on first use into the Hugging Face cache; offline, pass a directory).\n");
 }
 
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static int fail(const char *msg) {
-    fputs("ergo run: ", stderr);
-    for (const char *p = msg; *p; p++) fputc((unsigned char)*p < 0x20 ? ' ' : *p, stderr);
-    fputc('\n', stderr);
-    return 1;
-}
+static int fail(const char *msg) { return cli_fail("run", msg); }
 
 static int usage_error(const char *fmt, const char *arg) {
-    fputs("ergo run: ", stderr);
-    fprintf(stderr, fmt, arg);
-    fputs(" (see --help)\n", stderr);
-    return 2;
-}
-
-static int parse_long(const char *s, long long lo, long long hi, long long *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) return 0;
-    *out = v;
-    return 1;
+    return cli_usage_error("run", fmt, arg);
 }
 
 enum { MODE_ERGO = 1, MODE_BASELINE = 2, MODE_BOTH = 3 };
@@ -136,9 +115,9 @@ static int parse(options *o, int argc, char **argv, int *code) {
         else if (!strcmp(a, "--option")) {
             if ((ok = o->n_options < MAX_OPTIONS)) o->options[o->n_options++] = v;
         } else if (!strcmp(a, "--max-vision-tokens")) {
-            if ((ok = parse_long(v, 4, 1 << 20, &n))) o->run.max_vision_tokens = (int)n;
+            if ((ok = cli_parse_long(v, 4, 1 << 20, &n))) o->run.max_vision_tokens = (int)n;
         } else if (!strcmp(a, "--max-new-tokens")) {
-            if ((ok = parse_long(v, 0, 1 << 30, &n))) o->run.max_new_tokens = (int)n;
+            if ((ok = cli_parse_long(v, 0, 1 << 30, &n))) o->run.max_new_tokens = (int)n;
         } else if (!strcmp(a, "--mode")) {
             o->mode = !strcmp(v, "ergo") ? MODE_ERGO : !strcmp(v, "baseline") ? MODE_BASELINE
                       : !strcmp(v, "both") ? MODE_BOTH : 0;

@@ -9,7 +9,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/clock.h"
 #include "base/file.h"
+#include "cli.h"
 #include "commands.h"
 #include "tokenizer/tokenizer.h"
 
@@ -27,19 +29,7 @@ static void usage(FILE *out) {
             "DIR needs tokenizer.json; tokenizer_config.json is read when present.\n");
 }
 
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-/* One line on stderr, whatever the message holds. */
-static int fail(const char *msg) {
-    fputs("ergo tokenize: ", stderr);
-    for (const char *p = msg; *p; p++) fputc((unsigned char)*p < 0x20 ? ' ' : *p, stderr);
-    fputc('\n', stderr);
-    return 1;
-}
+static int fail(const char *msg) { return cli_fail("tokenize", msg); }
 
 /* Reads integers separated by spaces, commas or brackets: "[1, 2]" or "1 2". */
 static int parse_ids(const char *s, tok_ids *ids, ergo_error *err) {

@@ -2,17 +2,12 @@
  * generate.c - the decode loop (GenerationMixin._sample with batch size 1,
  * transformers 4.56.2): logits processors, choice, stopping criteria, streaming.
  */
+#include "base/clock.h"
 #include "generate.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 const char *stop_reason_name(stop_reason r) {
     switch (r) {

@@ -15,6 +15,7 @@
  * T = tokens in the chunk, D = hidden, H = heads, KV = kv heads, Dh = head dim,
  * F = ffn, V = vocab.
  */
+#include "base/clock.h"
 #include "text.h"
 
 #include <math.h>
@@ -26,28 +27,10 @@
 
 /* ---- small helpers ---- */
 
-static kdtype kd(const tensor *t) {
-    switch (t->dtype) {
-    case DTYPE_BF16: return KDT_BF16;
-    case DTYPE_F16: return KDT_F16;
-    case DTYPE_F32: return KDT_F32;
-    default: break;
-    }
-    /* weights_bind accepts only these three dtypes */
-    ERGO_ASSERT(0 && "text weight of an unsupported dtype");
-    return KDT_F32;
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 /* y (n, out) = x (n, in) @ W^T (+ b), W (out, in) as nn.Linear stores it. */
 static void linear(float *y, const float *x, const tensor *w, const tensor *b, int n, int in,
                    int out) {
-    matmul_wt(y, x, w->data, kd(w), b ? b->data : NULL, b ? kd(b) : KDT_F32, n, in, out);
+    matmul_wt(y, x, w->data, tensor_kdtype(w), b ? b->data : NULL, b ? tensor_kdtype(b) : KDT_F32, n, in, out);
 }
 
 static void *alloc_floats(size_t n, ergo_error *err, ergo_status *s) {
@@ -275,7 +258,7 @@ static ergo_status embed(float *x, const model *m, const text_input *in, int c0,
             memcpy(x + i * D, in->vision + (size_t)(*vision_used) * D, D * sizeof(float));
             (*vision_used)++;
         } else {
-            load_row_f32(x + i * D, e->data, kd(e), (size_t)id * D, D);
+            load_row_f32(x + i * D, e->data, tensor_kdtype(e), (size_t)id * D, D);
         }
     }
     return ERGO_OK;
@@ -304,7 +287,7 @@ static ergo_status forward_chunk(const model *m, text_state *st, kv_cache *kv, i
     for (int l = 0; l < cfg->n_layers; l++) {
         const text_layer_weights *L = &w->layers[l];
         /* input_layernorm */
-        rmsnorm(st->xn, st->x, L->input_norm.data, kd(&L->input_norm), n, D, eps);
+        rmsnorm(st->xn, st->x, L->input_norm.data, tensor_kdtype(&L->input_norm), n, D, eps);
         /* q_proj, k_proj, v_proj (with biases): q (n, H*Dh), k and v (n, KV*Dh) */
         linear(st->q, st->xn, &L->q_w, &L->q_b, n, D, H * dh);
         linear(st->k, st->xn, &L->k_w, &L->k_b, n, D, KV * dh);
@@ -326,7 +309,7 @@ static ergo_status forward_chunk(const model *m, text_state *st, kv_cache *kv, i
         linear(st->xn, st->attn, &L->o_w, NULL, n, H * dh, D);
         add_inplace(st->x, st->xn, (size_t)n * D);
         /* post_attention_layernorm */
-        rmsnorm(st->xn, st->x, L->post_norm.data, kd(&L->post_norm), n, D, eps);
+        rmsnorm(st->xn, st->x, L->post_norm.data, tensor_kdtype(&L->post_norm), n, D, eps);
         /* mlp: down_proj(silu(gate_proj(x)) * up_proj(x)), no biases */
         linear(st->gate, st->xn, &L->gate_w, NULL, n, D, F);
         linear(st->up, st->xn, &L->up_w, NULL, n, D, F);
@@ -341,7 +324,7 @@ static ergo_status forward_chunk(const model *m, text_state *st, kv_cache *kv, i
     if (first_logit < n) {
         const int rows = n - first_logit;
         const float *xr = st->x + (size_t)first_logit * D;
-        rmsnorm(st->xn, xr, w->norm.data, kd(&w->norm), rows, D, eps);
+        rmsnorm(st->xn, xr, w->norm.data, tensor_kdtype(&w->norm), rows, D, eps);
         linear(logits, st->xn, &w->lm_head, NULL, rows, D, V);
     }
     st->ms_head += now_ms() - t1;

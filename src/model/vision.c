@@ -16,6 +16,7 @@
  * N = patches, U = merge^2 (4), D = hidden, H = heads, Dh = head dim, F = ffn,
  * Do = out_hidden.
  */
+#include "base/clock.h"
 #include "vision.h"
 
 #include <math.h>
@@ -34,24 +35,6 @@
 
 /* ---- small helpers ---- */
 
-static kdtype kd(const tensor *t) {
-    switch (t->dtype) {
-    case DTYPE_BF16: return KDT_BF16;
-    case DTYPE_F16: return KDT_F16;
-    case DTYPE_F32: return KDT_F32;
-    default: break;
-    }
-    /* weights_bind accepts only these three dtypes */
-    ERGO_ASSERT(0 && "vision weight of an unsupported dtype");
-    return KDT_F32;
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
-
 static void trace(vision_state *st, const char *name, const float *data, int rows, int cols) {
     if (st->trace) st->trace(st->trace_ctx, name, data, rows, cols);
 }
@@ -59,7 +42,7 @@ static void trace(vision_state *st, const char *name, const float *data, int row
 /* Linear layer y (n, out) = x (n, in) @ W^T + b, W (out, in) as nn.Linear stores it. */
 static void linear(float *y, const float *x, const tensor *w, const tensor *b, int n, int in,
                    int out) {
-    matmul_wt(y, x, w->data, kd(w), b ? b->data : NULL, b ? kd(b) : KDT_F32, n, in, out);
+    matmul_wt(y, x, w->data, tensor_kdtype(w), b ? b->data : NULL, b ? tensor_kdtype(b) : KDT_F32, n, in, out);
 }
 
 /* ---- state ---- */
@@ -361,7 +344,7 @@ ergo_status vision_encode(const model *m, vision_state *st, const float *pixel_v
         t0 = now_ms();
         const vision_block_weights *b = &w->blocks[l];
         const int full = vision_layer_is_full_attention(cfg, l);
-        rmsnorm(st->xn, st->x, b->norm1.data, kd(&b->norm1), N, D, eps);    /* norm1 (N, D) */
+        rmsnorm(st->xn, st->x, b->norm1.data, tensor_kdtype(&b->norm1), N, D, eps);    /* norm1 (N, D) */
         linear(st->qkv, st->xn, &b->qkv_w, &b->qkv_b, N, D, 3 * D);         /* attn.qkv (N, 3D) */
         rotary_apply(st, st->qkv, N);                                       /* q, k rotated */
         transpose_v(st, st->vt, st->qkv, N);                                /* v (H, Dh, N) */
@@ -371,7 +354,7 @@ ergo_status vision_encode(const model *m, vision_state *st, const float *pixel_v
             attention(st, st->attn, st->qkv, st->vt, st->work_window, n_work_window, N);
         linear(st->xn, st->attn, &b->proj_w, &b->proj_b, N, D, D);         /* attn.proj (N, D) */
         add_inplace(st->x, st->xn, (size_t)N * D);                          /* x += attn */
-        rmsnorm(st->xn, st->x, b->norm2.data, kd(&b->norm2), N, D, eps);    /* norm2 (N, D) */
+        rmsnorm(st->xn, st->x, b->norm2.data, tensor_kdtype(&b->norm2), N, D, eps);    /* norm2 (N, D) */
         for (int r0 = 0; r0 < N; r0 += VISION_MLP_ROWS) {  /* MLP in row chunks */
             const int nr = N - r0 < VISION_MLP_ROWS ? N - r0 : VISION_MLP_ROWS;
             const float *xr = st->xn + (size_t)r0 * D;
@@ -390,7 +373,7 @@ ergo_status vision_encode(const model *m, vision_state *st, const float *pixel_v
 
     /* merger: ln_q per patch, the U patches of a unit as one (U*D) row, MLP */
     t0 = now_ms();
-    rmsnorm(st->xn, st->x, w->merger_ln_q.data, kd(&w->merger_ln_q), N, D, eps); /* ln_q */
+    rmsnorm(st->xn, st->x, w->merger_ln_q.data, tensor_kdtype(&w->merger_ln_q), N, D, eps); /* ln_q */
     linear(st->attn, st->xn, &w->merger_fc1_w, &w->merger_fc1_b, NU, U * D,
            U * D);                                                          /* mlp.0 (NU, UD) */
     gelu_erf(st->attn, (size_t)NU * U * D);                                 /* mlp.1, erf GELU */

@@ -248,3 +248,14 @@ fail:
     model_free(m);
     return s;
 }
+
+kdtype tensor_kdtype(const tensor *t) {
+    switch (t->dtype) {
+    case DTYPE_BF16: return KDT_BF16;
+    case DTYPE_F16: return KDT_F16;
+    case DTYPE_F32: return KDT_F32;
+    default: break;
+    }
+    ERGO_ASSERT(0 && "a bound weight of a dtype weights_bind refuses");
+    return KDT_F32;
+}

@@ -26,6 +26,7 @@
 #include "base/status.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
+#include "kernels/kernels.h"
 #include "model/config.h"
 
 typedef struct vision_block_weights {
@@ -115,6 +116,9 @@ const char *name_layout_label(name_layout l); /* "legacy" / "new" */
  * *layout. A tied head binds lm_head to the embedding. */
 ergo_status weights_bind(model_weights *w, const model_config *cfg, const checkpoint *ck,
                          name_layout *layout, ergo_error *err);
+
+/* The kernels' element type of a bound weight (weights_bind accepts only BF16, F16, F32). */
+kdtype tensor_kdtype(const tensor *t);
 
 /* A loaded checkpoint: the maps the weights point into, its configs, its weights. */
 typedef struct model {

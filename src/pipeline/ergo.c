@@ -4,6 +4,7 @@
  * generate_once, crop_with_zoom, the stage-2 messages) and src/ergo/const.py,
  * with transformers 4.56.2's apply_chat_template + processor + generate underneath.
  */
+#include "base/clock.h"
 #include "pipeline/ergo.h"
 
 #include <stdio.h>
@@ -33,12 +34,6 @@ const char ergo_template2_suffix[] =
     "\nCarefully analyze both the original image and the enlarged sub-image to solve the "
     "question step by step. Present your reasoning clearly the following format strictly "
     "<think> ... <think>, and provide the final answer enclosed within <answer> ... </answer>";
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
 
 const char *ergo_view_name(ergo_view v) {
     switch (v) {

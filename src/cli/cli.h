@@ -1,0 +1,18 @@
+/*
+ * cli.h - what every subcommand shares: the one-line error on stderr, usage
+ * errors, and strict number parsing of option values.
+ */
+#ifndef ERGO_CLI_H
+#define ERGO_CLI_H
+
+/* Prints "ergo <command>: <msg>" as one line (control characters become spaces,
+ * so a message quoting untrusted text cannot break the line) and returns 1. */
+int cli_fail(const char *command, const char *msg);
+
+/* Prints "ergo <command>: <fmt with arg> (see --help)" and returns 2. */
+int cli_usage_error(const char *command, const char *fmt, const char *arg);
+
+/* Parses a whole string as a base-10 integer in [lo, hi]; 0 when it is not one. */
+int cli_parse_long(const char *s, long long lo, long long hi, long long *out);
+
+#endif
