@@ -446,6 +446,20 @@ static void write_entries(const char *dir, const char *fname, const st_write_ent
           "write %s: %s", fname, err.msg);
 }
 
+/* Writes the file without one tensor (its entry swapped with the last) and expects
+ * model_load to name it as missing; e is left as it was. */
+static void expect_missing_tensor(const char *dir, const char *fname, st_write_entry *e, int n,
+                                  const char *name, const char *label) {
+    int k = find_entry(e, n, name);
+    st_write_entry saved = e[k];
+    e[k] = e[n - 1];
+    write_entries(dir, fname, e, n - 1);
+    char needle[160];
+    snprintf(needle, sizeof needle, "missing tensor `%s'", name);
+    expect_load_error(label, dir, dir, needle);
+    e[k] = saved;
+}
+
 /* config.json mutations: each names config.json and the problem */
 typedef void (*mutate_fn)(json_t *cfg);
 static void m_llama(json_t *c) { json_object_set_new(c, "model_type", json_string("llama")); }
@@ -604,28 +618,11 @@ static void test_bad_tensors(void) {
     CHECK(model_load(&m, dir, &err) == ERGO_OK, "hand-written micro load: %s", err.msg);
     if (!err.msg[0]) model_free(&m);
 
-    int k = find_entry(e, n, "model.layers.1.mlp.up_proj.weight");
-    st_write_entry saved = e[k];
-    e[k] = e[n - 1];
-    write_entries(dir, f, e, n - 1);
-    expect_load_error("missing tensor", dir, dir, "missing tensor `model.layers.1.mlp.up_proj.weight'");
-    e[k] = saved;
+    expect_missing_tensor(dir, f, e, n, "model.layers.1.mlp.up_proj.weight", "missing tensor");
+    expect_missing_tensor(dir, f, e, n, "lm_head.weight", "missing untied head");
+    expect_missing_tensor(dir, f, e, n, "model.embed_tokens.weight", "missing embedding");
 
-    k = find_entry(e, n, "lm_head.weight");
-    saved = e[k];
-    e[k] = e[n - 1];
-    write_entries(dir, f, e, n - 1);
-    expect_load_error("missing untied head", dir, dir, "missing tensor `lm_head.weight'");
-    e[k] = saved;
-
-    k = find_entry(e, n, "model.embed_tokens.weight");
-    saved = e[k];
-    e[k] = e[n - 1];
-    write_entries(dir, f, e, n - 1);
-    expect_load_error("missing embedding", dir, dir, "missing tensor `model.embed_tokens.weight'");
-    e[k] = saved;
-
-    k = find_entry(e, n, "model.layers.0.self_attn.q_proj.weight");
+    int k = find_entry(e, n, "model.layers.0.self_attn.q_proj.weight");
     e[k].shape[1] = 32;
     write_entries(dir, f, e, n);
     expect_load_error("wrong tensor shape", dir, "model.layers.0.self_attn.q_proj.weight",
@@ -633,7 +630,7 @@ static void test_bad_tensors(void) {
     e[k].shape[1] = 64;
 
     k = find_entry(e, n, "visual.patch_embed.proj.weight");
-    saved = e[k];
+    st_write_entry saved = e[k];
     e[k].n_dims = 2;
     e[k].shape[1] = 1176;
     write_entries(dir, f, e, n);

@@ -10,6 +10,7 @@
 #include "base/file.h"
 #include "base/json.h"
 #include "check.h"
+#include "image_fixture.h"
 #include "image/image.h"
 #include "image/preprocess.h"
 #include "base/sha256.h"
@@ -17,22 +18,6 @@
 #define MODEL_DIR "assets/qwen2.5-vl-tokenizer"
 
 static json_t *manifest;
-
-static const char *fx(const char *rel) {
-    static char buf[8][1024];
-    static int i;
-    i = (i + 1) % 8;
-    if (!strncmp(rel, "assets/", 7)) snprintf(buf[i], sizeof buf[i], "%s", rel);
-    else snprintf(buf[i], sizeof buf[i], "%s/image/%s", fixtures_dir(), rel);
-    return buf[i];
-}
-
-static const char *jstr(const json_t *o, const char *k) {
-    const json_t *v = json_object_get(o, k);
-    return json_is_string(v) ? json_string_value(v) : "";
-}
-
-static int jint(const json_t *o, const char *k) { return (int)json_integer_value(json_object_get(o, k)); }
 
 static int jarr(const json_t *o, const char *k, int i) {
     return (int)json_integer_value(json_array_get(json_object_get(o, k), (size_t)i));
