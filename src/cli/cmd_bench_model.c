@@ -26,6 +26,7 @@
 #include "io/random_checkpoint.h"
 #include "kernels/kernels.h"
 #include "kernels/probe.h"
+#include "model/quantize.h"
 #include "model/text.h"
 #include "model/vision.h"
 #include "model/weights.h"
@@ -56,7 +57,7 @@ static json_t *jstat(stat3 s) {
 }
 
 typedef struct opts {
-    const char *model_dir, *random, *weights;
+    const char *model_dir, *random, *weights, *weights_cache;
     int text_layers, vision_layers, threads, reps, json, chunk, decode_steps;
     int vt[MAX_LIST], n_vt, pf[MAX_LIST], n_pf, dc[MAX_LIST], n_dc;
     double probe_seconds;
@@ -80,6 +81,8 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: ergo bench model (--model DIR | --random 7b|3b) [options]\n"
             "  --text-layers N --vision-layers M   depths of --random (default 2 and 2)\n"
+            "  --weights F            bf16 (as stored, default), q8 or q4 (quantised at load)\n"
+            "  --weights-cache C      auto (beside --model, default), off, or a file path\n"
             "  --threads N            OpenMP threads (default: all)\n"
             "  --reps N               repetitions per figure (default 3)\n"
             "  --vision-tokens LIST   merged vision tokens, e.g. 640,1280,4471 (0 = none)\n"
@@ -133,7 +136,26 @@ static double text_layer_params(const text_config *t) {
     return d * qd + 2 * d * kd + qd * d + 3 * d * t->ffn;
 }
 
-static size_t dtype_bytes(const tensor *t) { return t->numel ? t->nbytes / (size_t)t->numel : 2; }
+/* Bytes one decode step reads from the text weights: every matrix of every layer
+ * and the head, quantised or as stored (norms and biases are noise). */
+static double decode_weight_bytes(const model *m) {
+    const int n = weights_spec(&m->config, NULL, NULL);
+    weight_spec *sp = malloc(sizeof *sp * (size_t)n);
+    model_weights w = m->weights; /* weights_spec only reads the slots' addresses */
+    if (!sp) return 0;
+    weights_spec(&m->config, sp, &w);
+    double bytes = 0;
+    for (int i = 0; i < n; i++) {
+        if (sp[i].part != PART_TEXT || !sp[i].slot) continue;
+        if (sp[i].kind != WEIGHT_MATRIX && sp[i].kind != WEIGHT_LM_HEAD) continue;
+        const tensor *t = sp[i].slot;
+        bytes += t->quant ? (double)quant_matrix_bytes(t->quant->format, t->quant->rows,
+                                                        t->quant->cols)
+                          : (double)t->nbytes;
+    }
+    free(sp);
+    return bytes;
+}
 
 /* ---- the phases ---- */
 
@@ -291,8 +313,7 @@ static int bench_text(const model *m, const opts *o, const limits_ctx *L, json_t
     /* Decode: the context is filled with random keys and values (what a prefill of
      * random ids would leave, at none of its cost; decode time does not depend on
      * the values), then decode_steps single-token steps are timed one by one. */
-    const tensor *head = &m->weights.text.lm_head;
-    const double wbytes = L_ * lp * (double)dtype_bytes(head) + (double)head->nbytes;
+    const double wbytes = decode_weight_bytes(m);
     for (int i = 0; i < o->n_dc && !status; i++) {
         int ctx = o->dc[i];
         for (int l = 0; l < t->n_layers; l++)
@@ -361,6 +382,8 @@ int bench_model_main(int argc, char **argv) {
         int is_int = end && !*end;
         if (!strcmp(a, "--model")) o.model_dir = v;
         else if (!strcmp(a, "--random")) o.random = v;
+        else if (!strcmp(a, "--weights") && quant_format_parse(v) >= 0) o.weights = v;
+        else if (!strcmp(a, "--weights-cache")) o.weights_cache = v;
         else if (!strcmp(a, "--text-layers") && is_int && n >= 1 && n <= 64) o.text_layers = (int)n;
         else if (!strcmp(a, "--vision-layers") && is_int && n >= 1 && n <= 64) o.vision_layers = (int)n;
         else if (!strcmp(a, "--threads") && is_int && n >= 1 && n <= 1024) o.threads = (int)n;
@@ -409,6 +432,22 @@ int bench_model_main(int argc, char **argv) {
         if (s) return fail(&err);
     }
     double load_ms = now_ms() - t0;
+    const quant_format qf = o.weights ? (quant_format)quant_format_parse(o.weights) : QUANT_NONE;
+    quantize_report qr = {0};
+    if (qf != QUANT_NONE) {
+        char cache[4096];
+        quantize_opts qo = {.format = qf, .release_source = 1};
+        if (o.model_dir && (!o.weights_cache || !strcmp(o.weights_cache, "auto"))) {
+            if (quant_cache_default_path(cache, sizeof cache, o.model_dir, qf, &err)) return fail(&err);
+            qo.cache_path = cache;
+        } else if (o.weights_cache && strcmp(o.weights_cache, "off") && strcmp(o.weights_cache, "auto")) {
+            qo.cache_path = o.weights_cache;
+        }
+        if (model_quantize(&m, &qo, &qr, &err)) {
+            model_free(&m);
+            return fail(&err);
+        }
+    }
     param_counts pc;
     weights_count(&m.weights, &m.config, &pc);
     const char *matmul = kern.matmul_block ? "blocked" : "dot";
@@ -419,6 +458,11 @@ int bench_model_main(int argc, char **argv) {
                load_ms / 1e3);
         fprintf(o.tab, "threads %d, isa %s, matmul %s, reps %d\n", threads, cpu_isa_name(kern.isa), matmul,
                o.reps);
+        if (qf != QUANT_NONE)
+            fprintf(o.tab, "weights %s: %d tensors, %.2f GB -> %.2f GB, %s in %.1f s%s%s\n",
+                    quant_format_name(qf), qr.n_tensors, (double)qr.source_bytes / 1e9,
+                    (double)qr.quant_bytes / 1e9, qr.from_cache ? "mapped from the cache" : "quantised",
+                    qr.ms / 1e3, qr.cache_note[0] ? "; " : "", qr.cache_note);
         fprintf(o.tab, "machine (probe, %d threads): read bandwidth %.1f GB/s (%.0f MB buffer); f32 FMA "
                "avx512 %.1f, avx2 %.1f GFLOP/s; bf16 dot %.1f GFLOP/s; int8 dot %.1f GOP/s\n",
                threads, L.lim.bandwidth_gbs, L.lim.buffer_mb, L.lim.fma_avx512_gflops,
@@ -434,8 +478,9 @@ int bench_model_main(int argc, char **argv) {
     if (!status) {
         if (o.json) {
             json_t *root = json_pack(
-                "{s:s, s:i, s:i, s:f, s:i, s:s, s:s, s:i, s:f, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:o, s:o, s:o, s:f}",
-                "model", m.ckpt.dir, "text_layers", m.config.text.n_layers, "vision_blocks",
+                "{s:s, s:s, s:f, s:i, s:i, s:f, s:i, s:s, s:s, s:i, s:f, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:o, s:o, s:o, s:f}",
+                "model", m.ckpt.dir, "weights", qf == QUANT_NONE ? "as-stored" : quant_format_name(qf),
+                "quantize_ms", qr.ms, "text_layers", m.config.text.n_layers, "vision_blocks",
                 m.config.vision.depth, "weight_bytes", (double)pc.bytes, "threads", threads, "isa",
                 cpu_isa_name(kern.isa), "matmul", matmul, "reps", o.reps, "load_ms", load_ms,
                 "limits", "bandwidth_gbs", L.lim.bandwidth_gbs, "fma_avx512_gflops",

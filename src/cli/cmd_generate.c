@@ -37,7 +37,8 @@ static void usage(FILE *out) {
             "                     [--max-new-tokens N] [--greedy | --temperature T --top-p P\n"
             "                     --top-k K --min-p P --seed S] [--repetition-penalty R]\n"
             "                     [--stop TEXT]... [--min-pixels N --max-pixels N] [--json]\n"
-            "                     [--dump-logits FILE]\n"
+            "                     [--dump-logits FILE] [--weights bf16|q8|q4]\n"
+            "                     [--weights-cache auto|off|FILE]\n"
             "\n"
             "Answers one user turn: the images (in order) then TEXT, after an optional system\n"
             "message (the chat template's default one otherwise), rendered with DIR's chat\n"
@@ -51,6 +52,9 @@ static void usage(FILE *out) {
             "applies); --temperature/--top-p/--top-k/--min-p/--seed turn sampling on and\n"
             "override those fields only. --stop adds a stop string. Draws use ergo's seeded\n"
             "generator (seed 0 by default), not torch's.\n"
+            "\n"
+            "--weights q8|q4 quantises the linear weights at load (see `ergo run --help`),\n"
+            "cached in DIR/ergo-weights.q8|q4 unless --weights-cache says otherwise.\n"
             "\n"
             "Prints the answer as it is generated; with --json, one object instead: text,\n"
             "token_ids (generated, the stop token included), prompt_tokens, vision_tokens,\n"
@@ -84,7 +88,7 @@ static int print_piece(void *ctx, const char *text, size_t len) {
 }
 
 typedef struct options {
-    const char *model, *prompt, *system, *dump_logits;
+    const char *model, *prompt, *system, *dump_logits, *weights, *weights_cache;
     const char *images[MAX_IMAGES];
     int n_images;
     const char *stops[MAX_STOPS];
@@ -117,6 +121,8 @@ static int parse(options *o, int argc, char **argv, int *exit_code) {
         else if (!strcmp(a, "--prompt")) o->prompt = v;
         else if (!strcmp(a, "--system")) o->system = v;
         else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
+        else if (!strcmp(a, "--weights")) o->weights = v;
+        else if (!strcmp(a, "--weights-cache")) o->weights_cache = v;
         else if (!strcmp(a, "--image")) {
             if (o->n_images == MAX_IMAGES) {
                 *exit_code = usage_error("more than %s images", "64");
@@ -191,6 +197,7 @@ static ergo_status run_generate(run *r, const options *o, ergo_error *err) {
     if ((s = kernels_init(NULL, err))) return s;
     if ((s = model_load(&r->m, o->model, err))) return s;
     r->model_loaded = 1;
+    if ((s = cli_quantize("generate", &r->m, o->weights, o->weights_cache, o->model, err))) return s;
     const model_config *cfg = &r->m.config;
     if ((s = tokenizer_load(&r->tok, o->model, err))) return s;
     chat_template ct;

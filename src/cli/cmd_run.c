@@ -28,6 +28,8 @@ static void usage(FILE *out) {
             "                [--postfix TEXT] [--mode ergo|baseline|both] [--max-vision-tokens N]\n"
             "                [--max-new-tokens N] [--fallback full|downsampled] [--json]\n"
             "                [--save-crop FILE.png] [--save-viz FILE.png] [--stage1-text TEXT]\n"
+            "                [--weights bf16|q8|q4] [--weights-cache auto|off|FILE]\n"
+            "                [--fixed-tokens S1,S2,BASELINE] [--box-text TEXT]\n"
             "       ergo run --model DIR|OWNER/NAME --batch FILE.jsonl [same options]\n"
             "\n"
             "ERGO's two stages (the protocol ERGO-7B was trained on): stage 1 looks at the image\n"
@@ -52,6 +54,14 @@ static void usage(FILE *out) {
             "tokens per stage (--max-new-tokens), the repetition penalty of\n"
             "generation_config.json. --stage1-text TEXT is a debugging aid: TEXT stands for the\n"
             "stage-1 answer (its tokenization is kept as the stage-1 tokens).\n"
+            "\n"
+            "--weights q8|q4 quantises the linear weights at load (blocks of 32 with f32\n"
+            "scales; bf16 = as stored, the default); the result is cached in DIR/ergo-weights.q8\n"
+            "(or .q4) so the next load maps it (--weights-cache off|FILE to change that).\n"
+            "\n"
+            "Benchmark aids: --fixed-tokens S1,S2,B generates exactly that many tokens in stage\n"
+            "1, stage 2 and the baseline (stop tokens ignored); --box-text TEXT reads the box\n"
+            "from TEXT instead of the stage-1 answer (random weights never name one).\n"
             "\n"
             "The image is decoded to RGB first (the reference resizes non-RGB files, e.g. grey or\n"
             "RGBA PNGs, in their own mode; such files can differ slightly).\n"
@@ -80,10 +90,25 @@ enum { MODE_ERGO = 1, MODE_BASELINE = 2, MODE_BOTH = 3 };
 
 typedef struct options {
     const char *model, *image, *question, *postfix, *batch, *save_crop, *save_viz;
+    const char *weights, *weights_cache;
     const char *options[MAX_OPTIONS];
     int n_options, mode, json;
     ergo_options run;
 } options;
+
+/* "S1,S2,B": three counts in [0, 1<<20]. */
+static int parse_fixed(const char *v, int out[3]) {
+    char buf[64];
+    if (strlen(v) >= sizeof buf) return 0;
+    memcpy(buf, v, strlen(v) + 1);
+    char *save = NULL, *tok = strtok_r(buf, ",", &save);
+    for (int i = 0; i < 3; i++, tok = strtok_r(NULL, ",", &save)) {
+        long long n;
+        if (!tok || !cli_parse_long(tok, 0, 1 << 20, &n)) return 0;
+        out[i] = (int)n;
+    }
+    return tok == NULL;
+}
 
 static int parse(options *o, int argc, char **argv, int *code) {
     memset(o, 0, sizeof *o);
@@ -112,6 +137,10 @@ static int parse(options *o, int argc, char **argv, int *code) {
         else if (!strcmp(a, "--save-crop")) o->save_crop = v;
         else if (!strcmp(a, "--save-viz")) o->save_viz = v;
         else if (!strcmp(a, "--stage1-text")) o->run.stage1_text = v;
+        else if (!strcmp(a, "--box-text")) o->run.box_text = v;
+        else if (!strcmp(a, "--weights")) o->weights = v;
+        else if (!strcmp(a, "--weights-cache")) o->weights_cache = v;
+        else if (!strcmp(a, "--fixed-tokens")) ok = parse_fixed(v, o->run.fixed_tokens);
         else if (!strcmp(a, "--option")) {
             if ((ok = o->n_options < MAX_OPTIONS)) o->options[o->n_options++] = v;
         } else if (!strcmp(a, "--max-vision-tokens")) {
@@ -385,6 +414,8 @@ int cmd_run(int argc, char **argv) {
     if (!e) return fail("out of memory");
     int rc = 0;
     if (ergo_engine_load(e, dir, &err)) {
+        rc = fail(err.msg);
+    } else if (cli_quantize("run", &e->m, o.weights, o.weights_cache, dir, &err)) {
         rc = fail(err.msg);
     } else if (o.batch) {
         rc = run_batch(e, &o);

@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "quant.h"
+#include "attention.h"
 
 kernel_table kern = {ISA_REF, dot_f32_ref, bf16_to_f32_ref, f16_to_f32_ref, dot_wt_ref,
                      matmul_block_ref};
@@ -81,6 +83,8 @@ ergo_status kernels_init(const char *requested, ergo_error *err) {
                              cpu_isa_name(best));
     }
     kernels_table_for(&kern, isa);
+    quant_kernels_for(&qkern, isa); /* q8 / q4 kernels (quant.c) */
+    attention_kernels_for(&akern, isa);
     /* ERGO_MATMUL=dot keeps one dot product per element for many rows too (the
      * engine's first path; benchmarks compare against it). Same results either way. */
     const char *mm = getenv("ERGO_MATMUL");

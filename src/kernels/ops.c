@@ -127,7 +127,13 @@ void matmul_wt(float *y, const float *x, const void *w, kdtype wt, const void *b
 
 /* ---- element-wise and row-wise ops ---- */
 
+/* Element-wise work is threaded from this many elements on (below it the fork
+ * costs more than it saves); each element or row is computed the same way
+ * whichever thread does it. */
+#define OPS_PARALLEL_MIN 32768
+
 void rmsnorm(float *y, const float *x, const void *w, kdtype wt, int n, int d, float eps) {
+#pragma omp parallel for schedule(static) if ((size_t)n * (size_t)d >= OPS_PARALLEL_MIN && n > 1)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * d;
         float *yi = y + (size_t)i * d;
@@ -140,10 +146,12 @@ void rmsnorm(float *y, const float *x, const void *w, kdtype wt, int n, int d, f
 }
 
 void silu_mul(float *g, const float *u, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= OPS_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 void gelu_erf(float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= OPS_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
 }
 
@@ -161,6 +169,7 @@ void softmax(float *x, size_t n) {
 }
 
 void add_inplace(float *y, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= OPS_PARALLEL_MIN)
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 

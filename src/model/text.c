@@ -8,9 +8,11 @@
  * over the KV cache -> o_proj -> residual -> RMSNorm -> SwiGLU -> residual, then the
  * final RMSNorm and lm_head on the rows whose logits are wanted.
  *
- * Attention streams over the cached keys in tiles of TEXT_ATTN_KTILE with an online
- * softmax (running max and sum), so prefill never stores an n x n matrix; tiles are
- * counted from key 0, so a chunked prefill walks exactly the same tiles as one pass.
+ * Attention streams over the cached keys in tiles of ATTN_KTILE with an online
+ * softmax (running max and sum; kernels/attention.h), so prefill never stores an
+ * n x n matrix; tiles are counted from key 0 and each query row's arithmetic depends
+ * only on itself and its causal limit, so the attention of a chunked prefill or of
+ * token-by-token decode gives the same bits as one pass.
  *
  * T = tokens in the chunk, D = hidden, H = heads, KV = kv heads, Dh = head dim,
  * F = ffn, V = vocab.
@@ -23,15 +25,16 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels/attention.h"
 #include "kernels/kernels.h"
+#include "model/linear.h"
 
 /* ---- small helpers ---- */
 
-/* y (n, out) = x (n, in) @ W^T (+ b), W (out, in) as nn.Linear stores it. */
-static void linear(float *y, const float *x, const tensor *w, const tensor *b, int n, int in,
-                   int out) {
-    matmul_wt(y, x, w->data, tensor_kdtype(w), b ? b->data : NULL, b ? tensor_kdtype(b) : KDT_F32, n, in, out);
-}
 
 static void *alloc_floats(size_t n, ergo_error *err, ergo_status *s) {
     void *p = malloc(n * sizeof(float));
@@ -105,6 +108,8 @@ void text_state_free(text_state *st) {
     free(st->sin);
     free(st->inv_freq);
     free(st->freq_axis);
+    free(st->attn_scratch);
+    free(st->attn_limit);
     memset(st, 0, sizeof *st);
 }
 
@@ -155,6 +160,16 @@ ergo_status text_state_init(text_state *st, const text_config *cfg, int max_toke
     st->inv_freq = alloc_floats(half, err, &s);
     st->freq_axis = malloc(half);
     if (!st->freq_axis && s == ERGO_OK) s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+#ifdef _OPENMP
+    st->n_threads = omp_get_max_threads();
+#else
+    st->n_threads = 1;
+#endif
+    const int rows = TEXT_ATTN_QTILE * (cfg->n_heads / cfg->n_kv_heads);
+    st->attn_floats = 2 * (size_t)rows * cfg->head_dim + attn_scratch_floats(rows, cfg->head_dim);
+    st->attn_scratch = alloc_floats((size_t)st->n_threads * st->attn_floats, err, &s);
+    st->attn_limit = malloc(sizeof(int32_t) * (size_t)st->n_threads * (size_t)rows);
+    if (!st->attn_limit && s == ERGO_OK) s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
     if (s) {
         text_state_free(st);
         return s;
@@ -197,48 +212,45 @@ static void rope_apply(float *x, const text_state *st, int n, int heads) {
 }
 
 /* Causal grouped-query attention of n new queries (absolute positions n_past + i)
- * over rows 0 .. n_past + i of layer l's cache: out (n, H*Dh). Each (query, head)
- * streams its keys in tiles with an online softmax; scores and sums stay on the
- * stack. Query heads h share kv head h / (H / KV) (repeat_kv). */
-static void attention(float *out, const float *q, const kv_cache *kv, int l, int n_past, int n,
-                      const text_config *cfg) {
-    const int H = cfg->n_heads, dh = cfg->head_dim, rep = cfg->n_heads / cfg->n_kv_heads;
+ * over rows 0 .. n_past + i of layer l's cache: out (n, H*Dh). Query heads h share
+ * kv head h / rep (repeat_kv), so one work item is (kv head g, up to TEXT_ATTN_QTILE
+ * queries): its rep heads x queries go to the tiled kernel as one block of rows, and
+ * each K/V tile is read once for all of them. Decode is the same with one query. */
+static void attention(text_state *st, float *out, const float *q, const kv_cache *kv, int l,
+                      int n_past, int n) {
+    const text_config *cfg = &st->cfg;
+    const int H = cfg->n_heads, KV = cfg->n_kv_heads, dh = cfg->head_dim, rep = H / KV;
+    const int QT = TEXT_ATTN_QTILE;
     const float scale = 1.0f / sqrtf((float)dh); /* head_dim ** -0.5 */
-    const int items = n * H;
-#pragma omp parallel for schedule(dynamic, 1) if (items > 1 && (size_t)items * (n_past + n) > 4096)
+    const int n_qb = (n + QT - 1) / QT, items = n_qb * KV;
+    /* items of one kv head are consecutive: its keys and values stay in cache */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(st->n_threads) if (items > 1)
     for (int it = 0; it < items; it++) {
-        const int i = it / H, h = it % H, g = h / rep;
-        const int n_keys = n_past + i + 1; /* causal: up to and including itself */
-        const float *qi = q + ((size_t)i * H + h) * dh;
-        float scores[TEXT_ATTN_KTILE];
-        float acc[TEXT_MAX_HEAD_DIM];
-        float run_max = -INFINITY, run_sum = 0.0f;
-        for (int d = 0; d < dh; d++) acc[d] = 0.0f;
-        for (int t0 = 0; t0 < n_keys; t0 += TEXT_ATTN_KTILE) {
-            const int tn = n_keys - t0 < TEXT_ATTN_KTILE ? n_keys - t0 : TEXT_ATTN_KTILE;
-            /* scores of this tile: q . k * scale */
-            float tile_max = -INFINITY;
-            for (int t = 0; t < tn; t++) {
-                scores[t] = kern.dot_f32(qi, kv_cache_k(kv, l, g, t0 + t), (size_t)dh) * scale;
-                if (scores[t] > tile_max) tile_max = scores[t];
-            }
-            /* rescale what was accumulated to the new running max */
-            const float new_max = tile_max > run_max ? tile_max : run_max;
-            const float corr = expf(run_max - new_max); /* 0 on the first tile */
-            run_sum *= corr;
-            for (int d = 0; d < dh; d++) acc[d] *= corr;
-            /* accumulate exp(score - max) * v */
-            for (int t = 0; t < tn; t++) {
-                const float p = expf(scores[t] - new_max);
-                const float *vt = kv_cache_v(kv, l, g, t0 + t);
-                run_sum += p;
-                for (int d = 0; d < dh; d++) acc[d] += p * vt[d];
-            }
-            run_max = new_max;
+#ifdef _OPENMP
+        const int th = omp_get_thread_num();
+#else
+        const int th = 0;
+#endif
+        const int g = it / n_qb, i0 = (it % n_qb) * QT;
+        const int nqi = n - i0 < QT ? n - i0 : QT, rows = nqi * rep;
+        float *qg = st->attn_scratch + (size_t)th * st->attn_floats; /* (rows, Dh) */
+        float *og = qg + (size_t)QT * rep * dh;                        /* (rows, Dh) */
+        float *scr = og + (size_t)QT * rep * dh;
+        int32_t *lim = st->attn_limit + (size_t)th * QT * rep;
+        /* row r = (query i, head g*rep + hh), r = i*rep + hh: the rep heads of query i
+         * are contiguous in q */
+        for (int i = 0; i < nqi; i++) {
+            memcpy(qg + (size_t)i * rep * dh, q + ((size_t)(i0 + i) * H + (size_t)g * rep) * dh,
+                   sizeof(float) * (size_t)rep * dh);
+            for (int hh = 0; hh < rep; hh++) lim[i * rep + hh] = n_past + i0 + i + 1;
         }
-        float *o = out + ((size_t)i * H + h) * dh;
-        const float inv = 1.0f / run_sum;
-        for (int d = 0; d < dh; d++) o[d] = acc[d] * inv;
+        const attn_keys keys = {.k = kv_cache_k(kv, l, g, 0), .ldk = (size_t)dh,
+                                .v = kv_cache_v(kv, l, g, 0), .ldv = (size_t)dh,
+                                .nk = n_past + i0 + nqi};
+        akern.block(og, (size_t)dh, qg, (size_t)dh, rows, lim, &keys, dh, scale, scr);
+        for (int i = 0; i < nqi; i++)
+            memcpy(out + ((size_t)(i0 + i) * H + (size_t)g * rep) * dh, og + (size_t)i * rep * dh,
+                   sizeof(float) * (size_t)rep * dh);
     }
 }
 
@@ -289,9 +301,9 @@ static ergo_status forward_chunk(const model *m, text_state *st, kv_cache *kv, i
         /* input_layernorm */
         rmsnorm(st->xn, st->x, L->input_norm.data, tensor_kdtype(&L->input_norm), n, D, eps);
         /* q_proj, k_proj, v_proj (with biases): q (n, H*Dh), k and v (n, KV*Dh) */
-        linear(st->q, st->xn, &L->q_w, &L->q_b, n, D, H * dh);
-        linear(st->k, st->xn, &L->k_w, &L->k_b, n, D, KV * dh);
-        linear(st->v, st->xn, &L->v_w, &L->v_b, n, D, KV * dh);
+        linear_forward(st->q, st->xn, &L->q_w, &L->q_b, n, D, H * dh);
+        linear_forward(st->k, st->xn, &L->k_w, &L->k_b, n, D, KV * dh);
+        linear_forward(st->v, st->xn, &L->v_w, &L->v_b, n, D, KV * dh);
         /* apply_multimodal_rotary_pos_emb on q and k */
         rope_apply(st->q, st, n, H);
         rope_apply(st->k, st, n, KV);
@@ -304,17 +316,17 @@ static ergo_status forward_chunk(const model *m, text_state *st, kv_cache *kv, i
                        (size_t)dh * sizeof(float));
             }
         /* causal attention over the cache: attn (n, H*Dh) */
-        attention(st->attn, st->q, kv, l, n_past, n, cfg);
+        attention(st, st->attn, st->q, kv, l, n_past, n);
         /* o_proj (no bias) -> xn (n, D), then the residual */
-        linear(st->xn, st->attn, &L->o_w, NULL, n, H * dh, D);
+        linear_forward(st->xn, st->attn, &L->o_w, NULL, n, H * dh, D);
         add_inplace(st->x, st->xn, (size_t)n * D);
         /* post_attention_layernorm */
         rmsnorm(st->xn, st->x, L->post_norm.data, tensor_kdtype(&L->post_norm), n, D, eps);
         /* mlp: down_proj(silu(gate_proj(x)) * up_proj(x)), no biases */
-        linear(st->gate, st->xn, &L->gate_w, NULL, n, D, F);
-        linear(st->up, st->xn, &L->up_w, NULL, n, D, F);
+        linear_forward(st->gate, st->xn, &L->gate_w, NULL, n, D, F);
+        linear_forward(st->up, st->xn, &L->up_w, NULL, n, D, F);
         silu_mul(st->gate, st->up, (size_t)n * F);
-        linear(st->xn, st->gate, &L->down_w, NULL, n, F, D);
+        linear_forward(st->xn, st->gate, &L->down_w, NULL, n, F, D);
         add_inplace(st->x, st->xn, (size_t)n * D);
     }
     double t1 = now_ms();
@@ -325,7 +337,7 @@ static ergo_status forward_chunk(const model *m, text_state *st, kv_cache *kv, i
         const int rows = n - first_logit;
         const float *xr = st->x + (size_t)first_logit * D;
         rmsnorm(st->xn, xr, w->norm.data, tensor_kdtype(&w->norm), rows, D, eps);
-        linear(logits, st->xn, &w->lm_head, NULL, rows, D, V);
+        linear_forward(logits, st->xn, &w->lm_head, NULL, rows, D, V);
     }
     st->ms_head += now_ms() - t1;
     return ERGO_OK;
@@ -335,7 +347,8 @@ ergo_status text_forward(const model *m, text_state *st, kv_cache *kv, int n_pas
                          const text_input *in, int n_logits, float *logits, ergo_error *err) {
     const text_config *cfg = &m->config.text;
     if (cfg->hidden != st->cfg.hidden || cfg->n_layers != st->cfg.n_layers ||
-        cfg->ffn != st->cfg.ffn || cfg->n_heads != st->cfg.n_heads)
+        cfg->ffn != st->cfg.ffn || cfg->n_heads != st->cfg.n_heads ||
+        cfg->n_kv_heads != st->cfg.n_kv_heads || cfg->head_dim != st->cfg.head_dim)
         return ergo_fail(err, ERGO_E_ARG, "text_forward: the state was sized for another model");
     if (kv->n_layers != cfg->n_layers || kv->n_kv_heads != cfg->n_kv_heads ||
         kv->head_dim != cfg->head_dim)

@@ -31,9 +31,12 @@
 #include "model/config.h"
 #include "model/weights.h"
 
-/* Keys per step of the streaming softmax (no n x n score matrix is ever stored). */
-#define TEXT_ATTN_KTILE 64
-/* head_dim limit of the attention's stack buffers (128 for every Qwen2.5-VL). */
+/* Queries per attention work item: with the rep query heads that share a kv head
+ * they form one block of rows for the tiled kernel (kernels/attention.h), which
+ * streams keys in tiles of ATTN_KTILE (no n x n score matrix is ever stored). */
+#define TEXT_ATTN_QTILE 8
+/* head_dim limit the state accepts (128 for every Qwen2.5-VL; tests size stack
+ * buffers with it). */
 #define TEXT_MAX_HEAD_DIM 256
 
 /* L = layers, KV = kv heads, C = capacity (rows), Dh = head dim. */
@@ -74,6 +77,11 @@ typedef struct text_state {
     float *cos, *sin;     /* (T, Dh/2) rotary tables of the chunk's positions */
     float *inv_freq;      /* (Dh/2) 1 / theta^(2j/Dh), float32 as torch computes it */
     int8_t *freq_axis;    /* (Dh/2) position axis (0 t, 1 h, 2 w) of frequency j */
+    int n_threads;        /* OpenMP threads the attention scratch is sized for */
+    size_t attn_floats;   /* scratch floats per thread (R = TEXT_ATTN_QTILE * H/KV rows) */
+    float *attn_scratch;  /* (n_threads, attn_floats): q rows (R, Dh), out rows (R, Dh),
+                             the kernel's tiles and sums */
+    int32_t *attn_limit;  /* (n_threads, R) keys each row may see (causal) */
     double ms_layers;     /* time spent in the decoder layers (accumulated) */
     double ms_head;       /* time spent in the final norm + lm_head (accumulated) */
 } text_state;

@@ -23,9 +23,12 @@
 #include "model/config.h"
 #include "model/weights.h"
 
-/* Query rows per attention work item and keys per streaming step. */
-#define VISION_ATTN_QROWS 32
-#define VISION_ATTN_KCOLS 128
+/* Query rows per attention work item (a whole 64-patch window is one item; the
+ * keys stream in tiles of ATTN_KTILE, kernels/attention.h). */
+#define VISION_ATTN_QROWS 64
+/* Extra floats per K^T row: rows 64 B further apart than N floats, so the rows of a
+ * tile do not all map to the same L1 sets when N is a multiple of 256 (5120). */
+#define VISION_KT_PAD 16
 /* MLP rows per chunk: bounds the (rows, ffn) gate/up buffers whatever the image. */
 #define VISION_MLP_ROWS 1024
 
@@ -64,12 +67,13 @@ typedef struct vision_state {
     float *x;                /* (N, D) residual stream */
     float *xn;               /* (N, D) normed input of a sub-layer / projection output */
     float *qkv;              /* (N, 3D) attn.qkv: q | k | v, heads of Dh inside each */
-    float *vt;               /* (H, Dh, N) v transposed per head (P @ V as dot products) */
+    float *kt;               /* (H, Dh, N + VISION_KT_PAD) k transposed per head (K^T tiles) */
+    float *vh;               /* (H, N, Dh) v per head, rows contiguous (the P V tiles) */
     float *attn;             /* (N, D) attention output, heads concatenated; MLP output;
                                 merger hidden (N/U, U*D) */
     float *gate, *up;        /* (VISION_MLP_ROWS, F) mlp.gate_proj / up_proj of a chunk */
     float *merged;           /* (N/U, Do) merger output, window order */
-    float *scratch;          /* (n_threads, scratch_floats) attention scores and sums */
+    float *scratch;          /* (n_threads, scratch_floats) attention tiles, sums, output */
     int scratch_floats;
     double *layer_ms;        /* (depth + 2) time of the last call: [0] patch embed and
                                 bookkeeping, [1 + l] block l, [depth + 1] merger */

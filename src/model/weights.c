@@ -11,6 +11,8 @@
  */
 #include "weights.h"
 
+#include "model/quantize.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -226,6 +228,7 @@ void weights_count(const model_weights *w, const model_config *cfg, param_counts
 
 void model_free(model *m) {
     if (!m) return;
+    model_quant_free(m);
     weights_free(&m->weights);
     checkpoint_close(&m->ckpt);
     memset(m, 0, sizeof *m);

@@ -127,6 +127,7 @@ typedef struct model {
     generation_config generation;
     name_layout names;      /* detected tensor-name layout */
     model_weights weights;
+    struct model_quant *quant; /* --weights q8/q4 twins (model/quantize.h), or NULL */
 } model;
 
 /* Opens dir, parses and validates both configs, binds and checks every weight. */

@@ -220,9 +220,15 @@ static ergo_status prefill(ergo_engine *e, session *ss, const tok_ids *ids, cons
     return s;
 }
 
-static ergo_status decode(ergo_engine *e, const ergo_options *o, session *ss, ergo_stage *stage,
-                          ergo_error *err) {
+/* Greedy decoding of one stage; `fixed` > 0 generates exactly that many tokens,
+ * stop ids ignored (benchmarks: equal lengths whatever the weights say). */
+static ergo_status decode(ergo_engine *e, const ergo_options *o, int fixed, session *ss,
+                          ergo_stage *stage, ergo_error *err) {
     generate_params gp = {{0}, o->max_new_tokens, e->stop_ids, e->n_stop_ids, NULL, 0};
+    if (fixed > 0) {
+        gp.max_new_tokens = fixed;
+        gp.n_stop_ids = 0;
+    }
     sampler_config_from_generation(&gp.sampling, &e->m.generation);
     gp.sampling.do_sample = 0; /* the reference evaluation decodes greedily */
     generate_result res = {0};
@@ -320,7 +326,7 @@ ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *origina
         pending = (int)r->s1.ids.n;
         if (o->on_text) o->on_text(o->on_text_ctx, o->stage1_text, strlen(o->stage1_text));
     } else {
-        if ((s = decode(e, o, &ss, &r->s1, err))) goto done;
+        if ((s = decode(e, o, o->fixed_tokens[0], &ss, &r->s1, err))) goto done;
         /* the stop id is left out (the template closes the turn itself); a run cut
          * by the length limit still owes its last token */
         pending = r->s1.reason == STOP_EOS ? 0 : r->s1.ids.n > 0;
@@ -336,7 +342,8 @@ ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *origina
     }
 
     /* the box, mapped to the original, and the crop (Pillow LANCZOS) */
-    r->box_status = zoom_parse(r->s1.text, strlen(r->s1.text), &r->box);
+    const char *box_text = o->box_text ? o->box_text : r->s1.text;
+    r->box_status = zoom_parse(box_text, strlen(box_text), &r->box);
     if (r->box_status == ZOOM_OK)
         r->box_status = zoom_map(&r->box, r->sx, r->sy, r->width, r->height, ERGO_FACTOR,
                                  ERGO_MIN_PIXELS, max_pixels, &r->crop);
@@ -392,7 +399,7 @@ ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *origina
         if (!(r->stage2_logits = malloc(bytes))) goto nomem;
         memcpy(r->stage2_logits, e->logits, bytes);
     }
-    if ((s = decode(e, o, &ss, &r->s2, err))) goto done;
+    if ((s = decode(e, o, o->fixed_tokens[1], &ss, &r->s2, err))) goto done;
     if (!(r->answer = ergo_extract_answer(r->s2.text))) goto nomem;
     goto done;
 nomem:
@@ -439,7 +446,7 @@ ergo_status ergo_run_baseline(ergo_engine *e, const ergo_options *o, const image
     ss_ready = 1;
     if ((s = prefill(e, &ss, &ids, &g, rows, &r->s1, err))) goto done;
     if ((s = keep_conversation(&ss, r, err))) goto done;
-    if ((s = decode(e, o, &ss, &r->s1, err))) goto done;
+    if ((s = decode(e, o, o->fixed_tokens[2], &ss, &r->s1, err))) goto done;
     if (!(r->answer = ergo_extract_answer(r->s1.text)))
         s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
 done:

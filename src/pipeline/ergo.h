@@ -74,6 +74,11 @@ typedef struct ergo_options {
     ergo_fallback fallback;
     const char *stage1_text; /* debugging aid: this text instead of generating stage 1 */
     int keep_logits;         /* keep the logits after the stage-2 prompt (tests) */
+    /* Benchmark aids (random weights never name a box nor stop on their own):
+     * fixed_tokens = exact new tokens of stage 1, stage 2, baseline (0 = normal stops);
+     * box_text = the text the box is read from instead of the stage-1 answer. */
+    int fixed_tokens[3];
+    const char *box_text;
     generate_text_fn on_text; /* streams the text of both stages (may be NULL) */
     void *on_text_ctx;
 } ergo_options;

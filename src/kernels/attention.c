@@ -1,0 +1,288 @@
+/*
+ * attention.c - tiled attention with an online softmax (see attention.h): the scalar
+ * reference, the vectorised exp, and the AVX2 / AVX-512 kernels (one body,
+ * attention_simd.h, included once per vector width).
+ */
+#include "attention.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+attention_kernels akern = {attn_block_ref, exp_f32_ref};
+
+size_t attn_scratch_floats(int nq, int dh) {
+    const size_t nqp = (size_t)(nq + ATTN_ROWS - 1) / ATTN_ROWS * ATTN_ROWS;
+    return 2 * (size_t)dh * ATTN_KTILE + (size_t)ATTN_ROWS * ATTN_KTILE + nqp * (size_t)dh +
+           2 * nqp;
+}
+
+/* ---- reference: one row at a time, the same tile grid, expf ---- */
+
+void attn_block_ref(float *o, size_t ldo, const float *q, size_t ldq, int nq,
+                    const int32_t *limit, const attn_keys *kv, int dh, float scale,
+                    float *scratch) {
+    float *s = scratch;              /* (KTILE) scores, then p */
+    float *acc = s + ATTN_KTILE;     /* (dh) */
+    const int nk = kv->nk;
+    for (int i = 0; i < nq; i++) {
+        const float *qi = q + (size_t)i * ldq;
+        int lim = limit ? limit[i] : nk;
+        if (lim > nk) lim = nk;
+        float m = -INFINITY, l = 0.0f;
+        for (int d = 0; d < dh; d++) acc[d] = 0.0f;
+        for (int t0 = 0; t0 < lim; t0 += ATTN_KTILE) {
+            const int jn = nk - t0 < ATTN_KTILE ? nk - t0 : ATTN_KTILE;
+            const int nv = lim - t0; /* valid keys of this tile (>= 1 here) */
+            float mt = -INFINITY;
+            for (int j = 0; j < ATTN_KTILE; j++) {
+                if (j < nv) {
+                    const float *kj = kv->kt ? NULL : kv->k + (size_t)(t0 + j) * kv->ldk;
+                    float dot = 0.0f;
+                    for (int d = 0; d < dh; d++)
+                        dot += qi[d] * (kj ? kj[d] : kv->kt[(size_t)d * kv->ldkt + t0 + j]);
+                    s[j] = dot * scale;
+                } else {
+                    s[j] = -INFINITY;
+                }
+                if (s[j] > mt) mt = s[j];
+            }
+            const float mnew = mt > m ? mt : m;
+            const float corr = expf(m - mnew); /* 0 on the first tile */
+            float sum = 0.0f;
+            for (int j = 0; j < ATTN_KTILE; j++) {
+                s[j] = expf(s[j] - mnew);
+                sum += s[j];
+            }
+            l = l * corr + sum;
+            m = mnew;
+            for (int d = 0; d < dh; d++) acc[d] *= corr;
+            for (int j = 0; j < jn; j++) {
+                const float *vj = kv->v + (size_t)(t0 + j) * kv->ldv;
+                for (int d = 0; d < dh; d++) acc[d] += s[j] * vj[d];
+            }
+        }
+        const float inv = 1.0f / l;
+        for (int d = 0; d < dh; d++) o[(size_t)i * ldo + d] = acc[d] * inv;
+    }
+}
+
+void exp_f32_ref(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = expf(x[i]);
+}
+
+/* ---- the vectorised exp ----
+ * exp(x) = 2^n e^r, n = round(x log2 e), r = x - n ln 2 in two steps (Cody-Waite,
+ * Cephes' constants), e^r = 1 + r + r^2 P(r) with Cephes expf's degree-5 P
+ * (|r| <= ln2/2). x is clamped to [-104, 89] first: exp(-104) is below the smallest
+ * denormal and exp(89) overflows, so the clamp changes no result, and -inf gives 0. */
+
+#define EXP_LO -104.0f
+#define EXP_HI 89.0f
+#define EXP_C1 0.693359375f
+#define EXP_C2 -2.12194440e-4f
+#define EXP_P0 1.9875691500e-4f
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define T256 __attribute__((target("avx2,fma")))
+
+T512 static inline __m512 exp512(__m512 x) {
+    const __m512 xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_C1), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_C2), r);
+    __m512 p = _mm512_set1_ps(EXP_P0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P5));
+    __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n); /* y * 2^n, denormals and overflow included */
+}
+
+T256 static inline __m256 exp256(__m256 x) {
+    const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_C1), xc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_C2), r);
+    __m256 p = _mm256_set1_ps(EXP_P0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP_P5));
+    __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    /* 2^n as two factors 2^(n/2) 2^(n - n/2), each a normal float for n in [-150, 129],
+     * so denormal results and overflow come out as the products round them */
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256i n1 = _mm256_srai_epi32(ni, 1), n2 = _mm256_sub_epi32(ni, n1);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
+    const __m256 f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(y, f1), f2);
+}
+
+T512 void exp_f32_avx512(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_ps(y + i, m, exp512(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+T256 void exp_f32_avx2(float *y, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, exp256(_mm256_loadu_ps(x + i)));
+    if (i < n) {
+        float in[8] = {0}, out[8];
+        memcpy(in, x + i, sizeof(float) * (n - i));
+        _mm256_storeu_ps(out, exp256(_mm256_loadu_ps(in)));
+        memcpy(y + i, out, sizeof(float) * (n - i));
+    }
+}
+
+/* dst[c * ldd + r] = src[r * lds + c] for r, c < 8 (an 8x8 block of K to K^T; the
+ * AVX-512 kernel uses it too) */
+T256 static inline void transpose8(float *dst, size_t ldd, const float *src, size_t lds) {
+    __m256 r[8], t[8], u[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (size_t)i * lds);
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 8; i += 4) {
+        u[i + 0] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + (size_t)i * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (size_t)(i + 4) * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+
+/* ---- AVX-512: 16 floats, scores 4 rows x 64 keys (16 accumulators), P V 4 rows x
+ * 64 dims (16 accumulators) ---- */
+
+T512 static inline __m512 mask_lt512(__m512 v, int n) { /* lanes >= n -> -inf */
+    const __mmask16 keep = n >= 16 ? (__mmask16)0xffff
+                           : n <= 0 ? (__mmask16)0
+                                    : (__mmask16)((1u << n) - 1u);
+    return _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), v);
+}
+
+#define SUF avx512
+#define TGT T512
+#define V __m512
+#define VL 16
+#define SB 4
+#define CV 4
+#define VLOADU(p) _mm512_loadu_ps(p)
+#define VSTOREU(p, v) _mm512_storeu_ps((p), (v))
+#define VSET1(x) _mm512_set1_ps(x)
+#define VZERO() _mm512_setzero_ps()
+#define VFMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define VMUL(a, b) _mm512_mul_ps((a), (b))
+#define VADD(a, b) _mm512_add_ps((a), (b))
+#define VSUB(a, b) _mm512_sub_ps((a), (b))
+#define VMAX(a, b) _mm512_max_ps((a), (b))
+#define VHMAX(v) _mm512_reduce_max_ps(v)
+#define VHSUM(v) _mm512_reduce_add_ps(v)
+#define VEXP(v) exp512(v)
+#define VMASK_LT(v, n) mask_lt512((v), (n))
+#include "attention_simd.h"
+#undef SUF
+#undef TGT
+#undef V
+#undef VL
+#undef SB
+#undef CV
+#undef VLOADU
+#undef VSTOREU
+#undef VSET1
+#undef VZERO
+#undef VFMA
+#undef VMUL
+#undef VADD
+#undef VSUB
+#undef VMAX
+#undef VHMAX
+#undef VHSUM
+#undef VEXP
+#undef VMASK_LT
+
+/* ---- AVX2: 8 floats, scores 4 rows x 16 keys, P V 4 rows x 16 dims (8 accumulators
+ * of 16 registers) ---- */
+
+T256 static inline __m256 mask_lt256(__m256 v, int n) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
+    return _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), v, keep);
+}
+
+T256 static inline float hmax256(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+T256 static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#define SUF avx2
+#define TGT T256
+#define V __m256
+#define VL 8
+#define SB 2
+#define CV 2
+#define VLOADU(p) _mm256_loadu_ps(p)
+#define VSTOREU(p, v) _mm256_storeu_ps((p), (v))
+#define VSET1(x) _mm256_set1_ps(x)
+#define VZERO() _mm256_setzero_ps()
+#define VFMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define VMUL(a, b) _mm256_mul_ps((a), (b))
+#define VADD(a, b) _mm256_add_ps((a), (b))
+#define VSUB(a, b) _mm256_sub_ps((a), (b))
+#define VMAX(a, b) _mm256_max_ps((a), (b))
+#define VHMAX(v) hmax256(v)
+#define VHSUM(v) hsum256(v)
+#define VEXP(v) exp256(v)
+#define VMASK_LT(v, n) mask_lt256((v), (n))
+#include "attention_simd.h"
+
+/* ---- the table ---- */
+
+void attention_kernels_for(attention_kernels *t, cpu_isa isa) {
+    switch (isa) {
+    case ISA_AVX512:
+        t->block = attn_block_avx512;
+        t->exp_f32 = exp_f32_avx512;
+        return;
+    case ISA_AVX2:
+        t->block = attn_block_avx2;
+        t->exp_f32 = exp_f32_avx2;
+        return;
+    case ISA_REF: break;
+    }
+    t->block = attn_block_ref;
+    t->exp_f32 = exp_f32_ref;
+}

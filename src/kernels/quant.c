@@ -1,0 +1,338 @@
+/*
+ * quant.c - q8 / q4 block-quantised weights: the formats, quantisation at load,
+ * the scalar reference kernels, the per-ISA table and the threaded matmul_q.
+ *
+ * The SIMD kernels live in quant_simd.c. Every ISA gives the same bytes and the
+ * same floats: quantisation is scalar (weights) or reproduces the scalar rounding
+ * exactly (activations: IEEE division, then ties away from zero), the integer dot
+ * of each block is exact, and each row's block terms d * isum (d = sw * sx,
+ * rounded once, then one rounded product) are added in block order on every ISA.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/half.h"
+#include "quant.h"
+
+quant_kernels qkern = {quant_act_ref, matvec_q_ref, dequant_rows};
+
+/* ---- formats and sizes ---- */
+
+const char *quant_format_name(quant_format f) {
+    switch (f) {
+    case QUANT_Q8: return "q8";
+    case QUANT_Q4: return "q4";
+    case QUANT_NONE: break;
+    }
+    return "none";
+}
+
+int quant_format_parse(const char *s) {
+    if (!s) return -1;
+    if (!strcmp(s, "q8")) return QUANT_Q8;
+    if (!strcmp(s, "q4")) return QUANT_Q4;
+    if (!strcmp(s, "bf16") || !strcmp(s, "none") || !strcmp(s, "as-stored")) return QUANT_NONE;
+    return -1;
+}
+
+int quant_padded_cols(int k) { return (k + QUANT_CHUNK - 1) / QUANT_CHUNK * QUANT_CHUNK; }
+
+size_t quant_row_bytes(quant_format f, int k) {
+    size_t kp = (size_t)quant_padded_cols(k);
+    return f == QUANT_Q8 ? kp : f == QUANT_Q4 ? kp / 2 : 0;
+}
+
+size_t quant_scale_count(int k) { return (size_t)quant_padded_cols(k) / QUANT_BLOCK; }
+
+size_t quant_matrix_bytes(quant_format f, int m, int k) {
+    return (size_t)m * (quant_row_bytes(f, k) + quant_scale_count(k) * sizeof(float));
+}
+
+/* 64-byte aligned (one cache line, one zmm load), size rounded up as C11 asks. */
+static void *alloc64(size_t n) {
+    n = (n + 63) / 64 * 64;
+    return aligned_alloc(64, n ? n : 64);
+}
+
+ergo_status quant_alloc(qmatrix *qm, quant_format f, int m, int k, ergo_error *err) {
+    memset(qm, 0, sizeof *qm);
+    if (f != QUANT_Q8 && f != QUANT_Q4)
+        return ergo_fail(err, ERGO_E_ARG, "quant_alloc: format %d is not q8 or q4", (int)f);
+    if (m <= 0 || k <= 0)
+        return ergo_fail(err, ERGO_E_SHAPE, "quant_alloc: bad shape (%d, %d)", m, k);
+    if (k > QUANT_MAX_COLS)
+        return ergo_fail(err, ERGO_E_LIMIT, "quant_alloc: %d columns, at most %d", k,
+                         QUANT_MAX_COLS);
+    qm->format = f;
+    qm->rows = m;
+    qm->cols = k;
+    qm->cols_padded = quant_padded_cols(k);
+    qm->q = alloc64((size_t)m * quant_row_bytes(f, k));
+    qm->scale = alloc64((size_t)m * quant_scale_count(k) * sizeof(float));
+    qm->owned = 1;
+    if (!qm->q || !qm->scale) {
+        quant_free(qm);
+        return ergo_fail(err, ERGO_E_NOMEM, "quant_alloc: out of memory for (%d, %d) %s", m, k,
+                         quant_format_name(f));
+    }
+    return ERGO_OK;
+}
+
+void quant_free(qmatrix *qm) {
+    if (!qm) return;
+    if (qm->owned) {
+        free(qm->q);
+        free(qm->scale);
+    }
+    memset(qm, 0, sizeof *qm);
+}
+
+/* ---- quantisation (scalar: the definition, and the only weight path) ---- */
+
+/* round(v) to nearest, ties away from zero (lroundf), clamped to [-qmax, qmax];
+ * NaN gives -qmax (as the SIMD max/min order does). The SIMD activation code
+ * reproduces exactly these steps: trunc, exact remainder, step by one. */
+static float round_clamp(float v, float qmax) {
+    float t = truncf(v);
+    if (fabsf(v - t) >= 0.5f) t += copysignf(1.0f, v);
+    t = fmaxf(t, -qmax);
+    return fminf(t, qmax);
+}
+
+static float src_at(const void *w, kdtype wt, size_t i) {
+    switch (wt) {
+    case KDT_BF16: return bf16_to_f32_one(((const uint16_t *)w)[i]);
+    case KDT_F16: return f16_to_f32_one(((const uint16_t *)w)[i]);
+    case KDT_F32: break;
+    }
+    return ((const float *)w)[i];
+}
+
+static size_t src_size(kdtype t) { return t == KDT_F32 ? 4 : 2; }
+
+/* Sets the stored (unsigned) value of element e of a quantised row. */
+static inline void put_u(uint8_t *row, quant_format f, int e, int u) {
+    if (f == QUANT_Q8) {
+        row[e] = (uint8_t)u;
+        return;
+    }
+    int c = e / QUANT_CHUNK, p = e % QUANT_CHUNK;
+    uint8_t *b = &row[c * (QUANT_CHUNK / 2) + (p & 63)];
+    *b = p < 64 ? (uint8_t)((*b & 0xf0) | u) : (uint8_t)((*b & 0x0f) | (u << 4));
+}
+
+static inline int get_u(const uint8_t *row, quant_format f, int e) {
+    if (f == QUANT_Q8) return row[e];
+    int c = e / QUANT_CHUNK, p = e % QUANT_CHUNK;
+    uint8_t b = row[c * (QUANT_CHUNK / 2) + (p & 63)];
+    return p < 64 ? b & 15 : b >> 4;
+}
+
+static int zp_of(quant_format f) { return f == QUANT_Q8 ? 128 : 8; }
+
+/* The block's scale: q8 max|w| / 127 (q in [-127, 127]); q4 the signed extreme
+ * over -8, so the element of largest magnitude maps to exactly -8 and the others use
+ * all 16 levels [-8, 7] (llama.cpp's q4_0 rule; absmax / 7 wasted one level, and on
+ * the 7B-width fixture cost ~1.5 points of top-1 agreement). The first element of
+ * largest magnitude decides the sign. */
+static float block_scale(const char *src, kdtype wt, int e0, int e1, quant_format f) {
+    float ext = 0.0f;
+    for (int e = e0; e < e1; e++) {
+        const float v = src_at(src, wt, e);
+        if (fabsf(v) > fabsf(ext)) ext = v;
+    }
+    return f == QUANT_Q8 ? fabsf(ext) / 127.0f : ext / -8.0f;
+}
+
+void quant_rows(qmatrix *qm, const void *w, kdtype wt, int j0, int j1) {
+    const int k = qm->cols, kp = qm->cols_padded, nb = kp / QUANT_BLOCK;
+    const size_t rb = quant_row_bytes(qm->format, k);
+    const float qlo = qm->format == QUANT_Q8 ? -127.0f : -8.0f;
+    const float qhi = qm->format == QUANT_Q8 ? 127.0f : 7.0f;
+    const int zp = zp_of(qm->format);
+    for (int j = j0; j < j1; j++) {
+        const char *src = (const char *)w + (size_t)j * k * src_size(wt);
+        uint8_t *row = qm->q + (size_t)j * rb;
+        float *sc = qm->scale + (size_t)j * nb;
+        for (int b = 0; b < nb; b++) {
+            int e0 = b * QUANT_BLOCK, e1 = e0 + QUANT_BLOCK < k ? e0 + QUANT_BLOCK : k;
+            /* a block whose scale underflows to 0 (or is all zero) stores q = 0 */
+            const float s = e0 < k ? block_scale(src, wt, e0, e1, qm->format) : 0.0f;
+            sc[b] = s;
+            for (int e = e0; e < e0 + QUANT_BLOCK; e++) {
+                float q = 0.0f;
+                if (e < e1 && s != 0.0f)
+                    q = fminf(fmaxf(round_clamp(src_at(src, wt, e) / s, 128.0f), qlo), qhi);
+                put_u(row, qm->format, e, (int)q + zp);
+            }
+        }
+    }
+}
+
+void dequant_rows(float *out, const qmatrix *qm, int j0, int j1) {
+    const int k = qm->cols, nb = qm->cols_padded / QUANT_BLOCK;
+    const size_t rb = quant_row_bytes(qm->format, k);
+    const int zp = zp_of(qm->format);
+    for (int j = j0; j < j1; j++) {
+        const uint8_t *row = qm->q + (size_t)j * rb;
+        const float *sc = qm->scale + (size_t)j * nb;
+        float *o = out + (size_t)(j - j0) * k;
+        for (int e = 0; e < k; e++)
+            o[e] = sc[e / QUANT_BLOCK] * (float)(get_u(row, qm->format, e) - zp);
+    }
+}
+
+/* ---- reference kernels ---- */
+
+void quant_act_ref(qact *qa, const float *x, int k) {
+    const int kp = quant_padded_cols(k), nb = kp / QUANT_BLOCK;
+    for (int b = 0; b < nb; b++) {
+        int e0 = b * QUANT_BLOCK, e1 = e0 + QUANT_BLOCK < k ? e0 + QUANT_BLOCK : k;
+        float amax = 0.0f;
+        for (int e = e0; e < e1; e++) amax = fmaxf(amax, fabsf(x[e]));
+        float s = amax / 127.0f;
+        int32_t sum = 0;
+        for (int e = e0; e < e0 + QUANT_BLOCK; e++) {
+            int q = 0;
+            if (e < e1 && s > 0.0f) q = (int)round_clamp(x[e] / s, 127.0f);
+            qa->q[e] = (int8_t)q;
+            sum += q;
+        }
+        qa->scale[b] = s;
+        qa->sum[b] = sum;
+    }
+}
+
+void matvec_q_ref(float *y, const qmatrix *qm, const qact *qa, int j0, int j1) {
+    const int nb = qm->cols_padded / QUANT_BLOCK;
+    const size_t rb = quant_row_bytes(qm->format, qm->cols);
+    const int zp = zp_of(qm->format);
+    for (int j = j0; j < j1; j++) {
+        const uint8_t *row = qm->q + (size_t)j * rb;
+        const float *sw = qm->scale + (size_t)j * nb;
+        float acc = 0.0f;
+        for (int b = 0; b < nb; b++) {
+            int32_t isum = 0;
+            for (int e = b * QUANT_BLOCK; e < (b + 1) * QUANT_BLOCK; e++)
+                isum += get_u(row, qm->format, e) * qa->q[e];
+            isum -= zp * qa->sum[b];
+            float d = sw[b] * qa->scale[b];
+            acc += d * (float)isum;
+        }
+        y[j] = acc;
+    }
+}
+
+/* ---- the table ---- */
+
+void quant_kernels_for(quant_kernels *t, cpu_isa isa) {
+    /* AVX-512 F/BW/VL without VNNI (Skylake-X) has no vpdpbusd: use the AVX2 code. */
+    if (isa == ISA_AVX512) {
+        __builtin_cpu_init();
+        if (!__builtin_cpu_supports("avx512vnni")) isa = ISA_AVX2;
+    }
+    switch (isa) {
+    case ISA_AVX512:
+        t->act = quant_act_avx512;
+        t->matvec = matvec_q_avx512;
+        t->dequant = dequant_rows_avx512;
+        break;
+    case ISA_AVX2:
+        t->act = quant_act_avx2;
+        t->matvec = matvec_q_avx2;
+        t->dequant = dequant_rows_avx2;
+        break;
+    case ISA_REF:
+        t->act = quant_act_ref;
+        t->matvec = matvec_q_ref;
+        t->dequant = dequant_rows;
+        break;
+    }
+}
+
+/* ---- matmul_q: the threaded driver ---- */
+
+#define ACT_ROWS (MATMUL_BLOCKED_MIN_N - 1)
+/* Panels of dequantised weight rows: 48 rows of 3584 (672 KB, in L2 beside a block of
+ * x) for the 7B widths, fewer (a multiple of 3, the tile width) for wider rows. */
+#define PANEL_FLOATS (48 * 3584)
+
+/* Per-thread scratch, static so the forward pass never allocates. The activation
+ * rows are written by the calling thread and read by the team it starts. */
+static _Thread_local int8_t act_q[ACT_ROWS][QUANT_MAX_COLS];
+static _Thread_local float act_scale[ACT_ROWS][QUANT_MAX_COLS / QUANT_BLOCK];
+static _Thread_local int32_t act_sum[ACT_ROWS][QUANT_MAX_COLS / QUANT_BLOCK];
+static _Thread_local float panel[PANEL_FLOATS];
+
+static float bias_at(const void *bias, kdtype bt, int j) { return src_at(bias, bt, (size_t)j); }
+
+static void matmul_q_rows(float *y, const float *x, const qmatrix *qm, const void *bias,
+                          kdtype bt, int n) {
+    const int k = qm->cols, m = qm->rows;
+    qact qa[ACT_ROWS];
+    for (int i = 0; i < n; i++) {
+        qa[i] = (qact){act_q[i], act_scale[i], act_sum[i]};
+        qkern.act(&qa[i], x + (size_t)i * k, k);
+    }
+    /* Tiles of ~128 KB of weights: with 2 or 3 rows of x each tile is re-read from
+     * L2, not from memory. Contiguous tiles per thread keep the streams sequential. */
+    int tile = (int)(128 * 1024 / quant_row_bytes(qm->format, k));
+    tile = tile < 4 ? 4 : tile - tile % 4;
+    const int n_tiles = (m + tile - 1) / tile;
+    void (*mv)(float *, const qmatrix *, const qact *, int, int) = qkern.matvec;
+#pragma omp parallel for schedule(static) if ((size_t)m * k > 32768)
+    for (int t = 0; t < n_tiles; t++) {
+        int j0 = t * tile, j1 = j0 + tile < m ? j0 + tile : m;
+        for (int i = 0; i < n; i++) {
+            float *yi = y + (size_t)i * m;
+            mv(yi, qm, &qa[i], j0, j1);
+            if (bias)
+                for (int j = j0; j < j1; j++) yi[j] = yi[j] + bias_at(bias, bt, j);
+        }
+    }
+}
+
+static void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bias,
+                            kdtype bt, int n) {
+    const int k = qm->cols, m = qm->rows;
+    int nb = PANEL_FLOATS / k;
+    nb = nb > 48 ? 48 : nb;
+    nb -= nb % 3;
+    /* rows of x per block: as matmul_wt_blocked, ~448 KB of x stays in L2 */
+    int mb = (int)((size_t)448 * 1024 / ((size_t)k * sizeof(float)));
+    mb = mb < 8 ? 8 : mb > 256 ? 256 : mb;
+    mb -= mb % 4;
+    const int n_cb = (m + nb - 1) / nb;
+    const size_t bsz = bt == KDT_F32 ? 4 : 2;
+    void (*blk)(float *, const float *, const void *, kdtype, const void *, kdtype, int, int, int,
+                int, int, int) = kern.matmul_block;
+    float (*dot)(const float *, const void *, kdtype, size_t) = kern.dot_wt;
+    void (*deq)(float *, const qmatrix *, int, int) = qkern.dequant;
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)m * k * (size_t)n > 32768)
+    for (int cb = 0; cb < n_cb; cb++) {
+        int j0 = cb * nb, j1 = j0 + nb < m ? j0 + nb : m;
+        deq(panel, qm, j0, j1);
+        /* the panel's rows are W's rows j0..j1: shift y and bias so they start there */
+        const void *bj = bias ? (const char *)bias + (size_t)j0 * bsz : NULL;
+        for (int i0 = 0; i0 < n; i0 += mb) {
+            int i1 = i0 + mb < n ? i0 + mb : n;
+            if (blk) {
+                blk(y + j0, x, panel, KDT_F32, bj, bt, k, m, i0, i1, 0, j1 - j0);
+                continue;
+            }
+            for (int j = j0; j < j1; j++) /* ERGO_MATMUL=dot: one dot per element */
+                for (int i = i0; i < i1; i++) {
+                    float s = dot(x + (size_t)i * k, panel + (size_t)(j - j0) * k, KDT_F32,
+                                  (size_t)k);
+                    y[(size_t)i * m + j] = bias ? s + bias_at(bias, bt, j) : s;
+                }
+        }
+    }
+}
+
+void matmul_q(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt, int n) {
+    if (n <= 0) return;
+    if (n < MATMUL_BLOCKED_MIN_N) matmul_q_rows(y, x, qm, bias, bt, n);
+    else matmul_q_panels(y, x, qm, bias, bt, n);
+}
