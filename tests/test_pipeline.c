@@ -343,6 +343,37 @@ static void check_cli(const char *dir, const char *img) {
     free(out);
     free(errtext);
 
+    /* benchmark aids: exact token counts per stage, the box from --box-text, and the
+     * linear weights quantised (q4, no cache file) */
+    snprintf(args, sizeof args,
+             "--model %s --image %s --question 'Where?' --max-vision-tokens 64 --mode both "
+             "--fixed-tokens 3,4,5 --box-text '<zoom>[4, 3, 30, 20]</zoom>' --weights q4 "
+             "--weights-cache off --json",
+             dir, img);
+    rc = run_cli(args, "fixed", &out, &errtext);
+    j = out ? json_loads(out, 0, &je) : NULL;
+    er = json_object_get(j, "ergo"), bl = json_object_get(j, "baseline");
+    CHECK(rc == 0 && j &&
+              json_integer_value(json_object_get(json_object_get(er, "stage1"), "generated_tokens")) == 3 &&
+              json_integer_value(json_object_get(json_object_get(er, "stage2"), "generated_tokens")) == 4 &&
+              json_integer_value(json_object_get(bl, "generated_tokens")) == 5 &&
+              !strcmp(json_string_value(json_object_get(er, "view")), "crop"),
+          "--fixed-tokens 3,4,5 --box-text --weights q4: exit %d, %s, stderr %s", rc,
+          out ? out : "", errtext ? errtext : "");
+    json_decref(j);
+    free(out);
+    free(errtext);
+    rc = run_cli("--model x --image a --question b --fixed-tokens 3,4", "fixed_bad", &out, &errtext);
+    CHECK(rc == 2, "--fixed-tokens with two counts: exit %d", rc);
+    free(out);
+    free(errtext);
+    snprintf(args, sizeof args, "--model %s --image %s --question Q --weights q5", dir, img);
+    rc = run_cli(args, "weights_bad", &out, &errtext);
+    CHECK(rc == 1 && errtext && strstr(errtext, "--weights q5: use bf16"),
+          "--weights q5: exit %d, stderr \"%s\"", rc, errtext ? errtext : "");
+    free(out);
+    free(errtext);
+
     /* failures: one line, exit 1; usage: exit 2 */
     snprintf(args, sizeof args, "--model %s --image /nonexistent.jpg --question Q", dir);
     rc = run_cli(args, "fail", &out, &errtext);

@@ -1,7 +1,9 @@
 /* Tests of src/kernels/quant.c and quant_simd.c: the q8 / q4 formats against their
- * definition (hand-checked cases, round-trip bounds), activation quantisation and
- * the matrix-vector product on every ISA against the reference (bit for bit) and
- * the reference against a double-precision evaluation, and matmul_q's two paths. */
+ * definition (hand-checked cases, round-trip bounds), activation quantisation on
+ * every ISA against the reference (bit for bit), the matrix-vector product on every
+ * ISA against the reference (bit for bit where the kernel keeps the reference's
+ * order, else within the f32 summation-order bound) and the reference against a
+ * double-precision evaluation, and matmul_q's two paths. */
 #include <omp.h>
 #include <stdlib.h>
 
@@ -14,7 +16,13 @@
 static const float guard_value = -12345.678f;
 
 /* worst figures seen, printed once at the end of the suite */
-static double worst_rt, worst_mv, worst_mm8, worst_mmp;
+static double worst_rt, worst_mv, worst_mv_simd, worst_mm8, worst_mmp;
+
+/* Whether isa's matvec_q keeps the reference's f32 order (same bits): all but the
+ * AVX-512 VNNI q4 kernel, which accumulates blocks in 4 lanes (quant_simd.c). */
+static int matvec_exact(cpu_isa isa, quant_format f) {
+    return f != QUANT_Q4 || isa != ISA_AVX512 || !__builtin_cpu_supports("avx512vnni");
+}
 
 static void fill(float *x, size_t n, uint64_t seed, float scale) {
     for (size_t i = 0; i < n; i++) x[i] = rng_uniform(seed, i) * scale;
@@ -289,6 +297,17 @@ static void matvec_double(double *y, double *abs_terms, const qmatrix *qm, const
     }
 }
 
+/* The bound on |y - exact| of a kernel that adds each row's block terms
+ * t_b = sw sx isum (isum exact) in any order with at most n f32 roundings on any
+ * term's path: |err| <= gamma_n * sum_b |t_b|, gamma_n = n u / (1 - n u), u = 2^-24.
+ * The AVX-512 q4 kernel: d = sw * sx (1 rounding), one FMA per chunk into one of 4
+ * lanes (nb / 4 chained roundings), then 3 adds over the lanes (2 on any path):
+ * n = nb / 4 + 3. The reference: d, the product, nb adds: n = nb + 2. */
+static double order_bound(int n, double abs_terms) {
+    const double u = 1.0 / 16777216.0;
+    return n * u / (1 - n * u) * abs_terms;
+}
+
 /* Saturation corners: every weight at +-max (u = 255 / 1 or 15 / 1) against every
  * activation at +-127, same and opposite signs: the integer sums must stay exact. */
 static void test_matvec_extremes(cpu_isa isa) {
@@ -314,9 +333,13 @@ static void test_matvec_extremes(cpu_isa isa) {
             t.matvec(got, &qm, &qa, 0, m);
             /* exactly: each row is +-k * (max|w| / QMAX * QMAX) * 3 / 127 * 127 */
             double ideal = (double)k * 3.0;
-            int ok = !memcmp(got, want, sizeof got);
-            for (int j = 0; j < m; j++)
+            /* the exact kernels give the reference's bits; every kernel is within
+             * 1e-5 of the ideal (the sums are exact, the scales powers of 2 apart) */
+            int ok = matvec_exact(isa, (quant_format)f) ? !memcmp(got, want, sizeof got) : 1;
+            for (int j = 0; j < m; j++) {
                 ok &= fabs((double)want[j] - (j % 2 ? -1 : 1) * sx * ideal) <= 1e-5 * ideal;
+                ok &= fabs((double)got[j] - (j % 2 ? -1 : 1) * sx * ideal) <= 1e-5 * ideal;
+            }
             CHECK(ok, "matvec_q %s %s extremes sign %d: got %.9g want %.9g (ideal %.9g)",
                   cpu_isa_name(isa), quant_format_name((quant_format)f), sx, (double)got[0],
                   (double)want[0], ideal * sx);
@@ -358,24 +381,42 @@ static void test_matvec(cpu_isa isa) {
                 t.matvec(got + 1, &qm, &qa, mid, m);
                 int guard_ok = got[0] == guard_value;
                 for (int i = m + 1; i < m + 1 + GUARD; i++) guard_ok &= got[i] == guard_value;
-                CHECK(!memcmp(got + 1, want, (size_t)m * sizeof *want) && guard_ok,
-                      "matvec_q %s %s k=%d m=%d: bit-identical to ref %d (y0 %.9g vs %.9g), "
-                      "guard %d",
-                      cpu_isa_name(isa), quant_format_name((quant_format)f), k, m,
-                      !memcmp(got + 1, want, (size_t)m * sizeof *want), (double)got[1],
-                      (double)want[0], guard_ok);
+                if (matvec_exact(isa, (quant_format)f)) {
+                    CHECK(!memcmp(got + 1, want, (size_t)m * sizeof *want) && guard_ok,
+                          "matvec_q %s %s k=%d m=%d: bit-identical to ref %d (y0 %.9g vs %.9g), "
+                          "guard %d",
+                          cpu_isa_name(isa), quant_format_name((quant_format)f), k, m,
+                          !memcmp(got + 1, want, (size_t)m * sizeof *want), (double)got[1],
+                          (double)want[0], guard_ok);
+                } else { /* summation order only: within its bound of the exact value */
+                    double *yd = malloc((size_t)m * sizeof *yd), *ad = malloc((size_t)m * sizeof *ad);
+                    matvec_double(yd, ad, &qm, &qa);
+                    double worst = 0;
+                    int ok = 1;
+                    for (int j = 0; j < m; j++) {
+                        double bound = order_bound(kp / 128 + 3, ad[j]), d = fabs((double)got[1 + j] - yd[j]);
+                        ok &= d <= bound;
+                        if (bound > 0 && d / bound > worst) worst = d / bound;
+                    }
+                    if (worst > worst_mv_simd) worst_mv_simd = worst;
+                    CHECK(ok && guard_ok, "matvec_q %s %s k=%d m=%d: vs exact, worst err / "
+                          "bound %.3g (y0 %.9g vs ref %.9g), guard %d",
+                          cpu_isa_name(isa), quant_format_name((quant_format)f), k, m, worst,
+                          (double)got[1], (double)want[0], guard_ok);
+                    free(yd), free(ad);
+                }
                 if (isa == ISA_REF) { /* the reference against the formula in double */
                     double *yd = malloc((size_t)m * sizeof *yd), *ad = malloc((size_t)m * sizeof *ad);
                     matvec_double(yd, ad, &qm, &qa);
                     double worst = 0;
                     int ok = 1, nb = kp / 32;
                     for (int j = 0; j < m; j++) {
-                        double bound = 2.0 * nb * 6e-8 * ad[j] + 1e-30, d = fabs((double)want[j] - yd[j]);
+                        double bound = order_bound(nb + 2, ad[j]), d = fabs((double)want[j] - yd[j]);
                         ok &= d <= bound;
-                        if (ad[j] > 0 && d / ad[j] > worst) worst = d / ad[j];
+                        if (bound > 0 && d / bound > worst) worst = d / bound;
                     }
                     if (worst > worst_mv) worst_mv = worst;
-                    CHECK(ok, "matvec_q_ref %s k=%d m=%d vs double: worst err / sum|terms| %.3g",
+                    CHECK(ok, "matvec_q_ref %s k=%d m=%d vs double: worst err / bound %.3g",
                           quant_format_name((quant_format)f), k, m, worst);
                     free(yd), free(ad);
                 }
@@ -499,7 +540,8 @@ void test_quant(void) {
         test_matmul_q();
     }
     kernels_init(NULL, &err);
-    printf("  quant: worst |w - s q| / s %.4f (bound 0.5); matvec_q_ref vs double: err / "
-           "sum|terms| %.3g; matmul_q vs f32 ref: int8 path err / bound %.3g, panel path %.3g\n",
-           worst_rt, worst_mv, worst_mm8, worst_mmp);
+    printf("  quant: worst |w - s q| / |s| %.4f (bound 0.5, 1.0 at a clamped q4 +8); matvec_q vs double, err / order "
+           "bound: ref %.3g, reordered SIMD %.3g; matmul_q vs f32 ref: int8 path err / bound "
+           "%.3g, panel path %.3g\n",
+           worst_rt, worst_mv, worst_mv_simd, worst_mm8, worst_mmp);
 }

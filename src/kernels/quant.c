@@ -2,11 +2,13 @@
  * quant.c - q8 / q4 block-quantised weights: the formats, quantisation at load,
  * the scalar reference kernels, the per-ISA table and the threaded matmul_q.
  *
- * The SIMD kernels live in quant_simd.c. Every ISA gives the same bytes and the
- * same floats: quantisation is scalar (weights) or reproduces the scalar rounding
- * exactly (activations: IEEE division, then ties away from zero), the integer dot
- * of each block is exact, and each row's block terms d * isum (d = sw * sx,
- * rounded once, then one rounded product) are added in block order on every ISA.
+ * The SIMD kernels live in quant_simd.c. Every ISA gives the same bytes:
+ * quantisation is scalar (weights) or reproduces the scalar rounding exactly
+ * (activations: IEEE division, then ties away from zero), and the integer dot of
+ * each block is exact. The reference adds each row's block terms d * isum (d =
+ * sw * sx, rounded once, then one rounded product) in block order, as the AVX2 and
+ * the AVX-512 q8 kernels do (same floats); the AVX-512 q4 kernel adds them in
+ * another order (quant.h states its bound).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -136,35 +138,49 @@ static int zp_of(quant_format f) { return f == QUANT_Q8 ? 128 : 8; }
  * all 16 levels [-8, 7] (llama.cpp's q4_0 rule; absmax / 7 wasted one level, and on
  * the 7B-width fixture cost ~1.5 points of top-1 agreement). The first element of
  * largest magnitude decides the sign. */
-static float block_scale(const char *src, kdtype wt, int e0, int e1, quant_format f) {
+static float block_scale(const float *v, int n, quant_format f) {
     float ext = 0.0f;
-    for (int e = e0; e < e1; e++) {
-        const float v = src_at(src, wt, e);
-        if (fabsf(v) > fabsf(ext)) ext = v;
-    }
+    for (int e = 0; e < n; e++)
+        if (fabsf(v[e]) > fabsf(ext)) ext = v[e];
     return f == QUANT_Q8 ? fabsf(ext) / 127.0f : ext / -8.0f;
+}
+
+/* round_clamp(v, 128) without libm (truncf is a call on baseline x86-64, and this
+ * runs for every weight at load): v = w / s lies in [-128, 128] by construction, so
+ * the int conversion truncates exactly; the same steps, the same result. */
+static inline int round_q(float v) {
+    if (!(fabsf(v) < 256.0f)) return v < 0 ? -128 : 128; /* not reached for finite w */
+    const int t = (int)v;
+    /* branch-free: the rounding direction is a coin toss per weight */
+    const int away = fabsf(v - (float)t) >= 0.5f, sign = 1 - 2 * (v < 0);
+    return t + away * sign;
 }
 
 void quant_rows(qmatrix *qm, const void *w, kdtype wt, int j0, int j1) {
     const int k = qm->cols, kp = qm->cols_padded, nb = kp / QUANT_BLOCK;
     const size_t rb = quant_row_bytes(qm->format, k);
-    const float qlo = qm->format == QUANT_Q8 ? -127.0f : -8.0f;
-    const float qhi = qm->format == QUANT_Q8 ? 127.0f : 7.0f;
+    const int qlo = qm->format == QUANT_Q8 ? -127 : -8;
+    const int qhi = qm->format == QUANT_Q8 ? 127 : 7;
     const int zp = zp_of(qm->format);
+    float v[QUANT_BLOCK];
     for (int j = j0; j < j1; j++) {
         const char *src = (const char *)w + (size_t)j * k * src_size(wt);
         uint8_t *row = qm->q + (size_t)j * rb;
         float *sc = qm->scale + (size_t)j * nb;
         for (int b = 0; b < nb; b++) {
-            int e0 = b * QUANT_BLOCK, e1 = e0 + QUANT_BLOCK < k ? e0 + QUANT_BLOCK : k;
+            const int e0 = b * QUANT_BLOCK;
+            const int n = k - e0 >= QUANT_BLOCK ? QUANT_BLOCK : k - e0 > 0 ? k - e0 : 0;
+            for (int e = 0; e < n; e++) v[e] = src_at(src, wt, (size_t)(e0 + e));
             /* a block whose scale underflows to 0 (or is all zero) stores q = 0 */
-            const float s = e0 < k ? block_scale(src, wt, e0, e1, qm->format) : 0.0f;
+            const float s = n ? block_scale(v, n, qm->format) : 0.0f;
             sc[b] = s;
-            for (int e = e0; e < e0 + QUANT_BLOCK; e++) {
-                float q = 0.0f;
-                if (e < e1 && s != 0.0f)
-                    q = fminf(fmaxf(round_clamp(src_at(src, wt, e) / s, 128.0f), qlo), qhi);
-                put_u(row, qm->format, e, (int)q + zp);
+            for (int e = 0; e < QUANT_BLOCK; e++) {
+                int q = 0;
+                if (e < n && s != 0.0f) {
+                    q = round_q(v[e] / s);
+                    q = q < qlo ? qlo : q > qhi ? qhi : q;
+                }
+                put_u(row, qm->format, e0 + e, q + zp);
             }
         }
     }

@@ -23,10 +23,15 @@
  * engines do (s = max|x| / 127, round to nearest) and keeps the block sums so the
  * zero point folds out exactly:
  *   y[j] = sum_b sw[j,b] * sx[b] * (sum_{i in b} u[j,i] * qx[i] - zp * sumqx[b])
- * The integer part is exact, d = sw * sx is one rounded product, each term d * isum
- * another, and every ISA adds a row's terms in block order: the results are the
- * same bits on every ISA (for finite activations). Activation rounding is x / s
- * (IEEE division), then to nearest with ties away from zero, as for weights.
+ * The integer part isum is exact on every ISA, and d = sw * sx is one rounded
+ * product. The reference adds a row's terms d * isum in block order; so do the AVX2
+ * kernels and the AVX-512 q8 kernel (the same bits). The AVX-512 q4 kernel, the one
+ * that would otherwise be compute-bound, adds them in another order (one FMA per
+ * 4 rows x 4 blocks into 4 lanes per row, lanes summed at the end): it differs from
+ * the reference by summation order only, |err| <= gamma_(nb/4+3) * sum_b |d isum|
+ * (tests/test_quant.c checks that bound). Activation quantisation is the same bits
+ * on every ISA: x / s (IEEE division), then to nearest with ties away from zero, as
+ * for weights.
  * Many rows (prefill, vision) dequantise panels of weight rows to f32 and run the
  * f32 tile kernel: activations stay f32 there, and each element equals
  * kern.dot_wt of its row of x and its dequantised weight row.
@@ -110,8 +115,8 @@ typedef struct quant_kernels {
 } quant_kernels;
 
 /* The table for one ISA (kernels_init fills `qkern` with the chosen one). Every
- * entry gives the same bits as the reference on every ISA. AVX-512 without VNNI
- * gets the AVX2 kernels. */
+ * entry gives the same bits as the reference, except the AVX-512 q4 matvec (f32
+ * summation order only, bound above). AVX-512 without VNNI gets the AVX2 kernels. */
 void quant_kernels_for(quant_kernels *t, cpu_isa isa);
 extern quant_kernels qkern;
 
