@@ -262,7 +262,20 @@ static int cache_write(const model_quant *mq, const char *path, const uint8_t fp
 
 /* ---- quantising ---- */
 
-static ergo_status quantise_all(model_quant *mq, ergo_error *err) {
+/* madvise(DONTNEED) over the whole pages inside a tensor: an anonymous (in-memory)
+ * model gives the memory back; a file map just drops its pages. */
+static void release_pages(const tensor *t) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page;
+    uintptr_t b = ((uintptr_t)t->data + t->nbytes) / page * page;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+/* Quantises every twin; with `release` each source is given back as soon as its
+ * twin exists, so the peak is the sources plus one twin, not plus all of them
+ * (the full 7B in q8 from an in-memory model peaked at 23.5 GB otherwise). */
+static ergo_status quantise_all(model_quant *mq, int release, const void *keep,
+                                ergo_error *err) {
     for (int i = 0; i < mq->n; i++) {
         const tensor *t = mq->slots[i];
         const int rows = (int)t->shape[0], cols = (int)t->shape[1];
@@ -276,17 +289,9 @@ static ergo_status quantise_all(model_quant *mq, ergo_error *err) {
         qmatrix *q = &mq->mats[i];
 #pragma omp parallel for schedule(dynamic, 64)
         for (int j = 0; j < rows; j++) quant_rows(q, t->data, wt, j, j + 1);
+        if (release && t->data != keep) release_pages(t);
     }
     return ERGO_OK;
-}
-
-/* madvise(DONTNEED) over the whole pages inside a tensor: an anonymous (in-memory)
- * model gives the memory back; a file map just drops its pages. */
-static void release_pages(const tensor *t) {
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t)t->data + page - 1) / page * page;
-    uintptr_t b = ((uintptr_t)t->data + t->nbytes) / page * page;
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
 }
 
 void model_quant_enable(model *m, int on) {
@@ -342,7 +347,8 @@ ergo_status model_quantize(model *m, const quantize_opts *opts, quantize_report 
         rep->from_cache = cache_try_map(mq, opts->cache_path, fp, rep->cache_note,
                                         sizeof rep->cache_note);
     if (!rep->from_cache) {
-        if ((s = quantise_all(mq, err))) {
+        /* the cache file is written from the twins, so sources can go early */
+        if ((s = quantise_all(mq, opts->release_source, m->weights.text.embed.data, err))) {
             model_quant_free(m);
             return s;
         }
@@ -360,7 +366,7 @@ ergo_status model_quantize(model *m, const quantize_opts *opts, quantize_report 
         t->quant = &mq->mats[i];
         /* a tied head shares the embedding's bytes, which lookups still read */
         if (opts->release_source && t->data != embed->data) {
-            release_pages(t);
+            if (rep->from_cache) release_pages(t);
             t->data = NULL;
         }
     }

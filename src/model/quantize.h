@@ -31,8 +31,10 @@
 typedef struct quantize_opts {
     quant_format format;     /* QUANT_Q8 or QUANT_Q4 (QUANT_NONE: nothing to do) */
     const char *cache_path;  /* NULL: no cache file */
-    int release_source;      /* drop the source pages of quantised tensors (their `data`
-                              * becomes NULL): frees memory of an in-memory model */
+    int release_source;      /* drop the source pages of quantised tensors as soon as
+                              * each twin exists (their `data` becomes NULL): frees the
+                              * memory of an in-memory model. If model_quantize then
+                              * fails, the model is unusable: free it. */
 } quantize_opts;
 
 typedef struct quantize_report {
