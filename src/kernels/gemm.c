@@ -18,20 +18,11 @@
 #include "base/half.h"
 #include "kernels.h"
 
-static float wt_at(const void *w, kdtype wt, size_t i) {
-    switch (wt) {
-    case KDT_BF16: return bf16_to_f32_one(((const uint16_t *)w)[i]);
-    case KDT_F16: return f16_to_f32_one(((const uint16_t *)w)[i]);
-    case KDT_F32: break;
-    }
-    return ((const float *)w)[i];
-}
-
 static size_t wt_size(kdtype t) { return t == KDT_F32 ? 4 : 2; }
 
 /* Stores one output element the way matmul_wt always has: s, or s + bias[j]. */
 static inline void put(float *y, float s, const void *bias, kdtype bt, int j) {
-    *y = bias ? s + wt_at(bias, bt, (size_t)j) : s;
+    *y = bias ? s + kdtype_at(bias, bt, (size_t)j) : s;
 }
 
 /* ---- scalar: one dot product per element (the remainder path of every ISA) ---- */
@@ -227,7 +218,7 @@ T256 static inline __attribute__((always_inline)) void tile256(float *y, const f
                 for (; u + 8 <= (size_t)k; u += 8)
                     acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(xr[r] + u), w8(wr[c], wt, u), acc0);
             float s = hsum256(_mm256_add_ps(acc0, a1[r][c]));
-            for (; u < (size_t)k; u++) s += xr[r][u] * wt_at(wr[c], wt, u);
+            for (; u < (size_t)k; u++) s += xr[r][u] * kdtype_at(wr[c], wt, u);
             put(&y[(size_t)(i + r) * m + j + c], s, bias, bt, j + c);
         }
 }

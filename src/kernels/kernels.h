@@ -24,12 +24,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/half.h"
 #include "base/status.h"
 
 typedef enum cpu_isa { ISA_REF = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 } cpu_isa;
 
 /* Element types a kernel can read weights in (weights are used as stored). */
 typedef enum kdtype { KDT_F32 = 0, KDT_BF16 = 1, KDT_F16 = 2 } kdtype;
+
+/* Element i of an array of kdtype wt, as f32 (exact). The scalar paths' one reader. */
+static inline float kdtype_at(const void *w, kdtype wt, size_t i) {
+    switch (wt) {
+    case KDT_BF16: return bf16_to_f32_one(((const uint16_t *)w)[i]);
+    case KDT_F16: return f16_to_f32_one(((const uint16_t *)w)[i]);
+    case KDT_F32: break;
+    }
+    return ((const float *)w)[i];
+}
 
 typedef struct kernel_table {
     cpu_isa isa;

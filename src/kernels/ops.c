@@ -17,18 +17,9 @@
 
 /* ---- dot products of an f32 vector with a weight row in its stored type ---- */
 
-static float weight_at(const void *w, kdtype wt, size_t i) {
-    switch (wt) {
-    case KDT_BF16: return bf16_to_f32_one(((const uint16_t *)w)[i]);
-    case KDT_F16: return f16_to_f32_one(((const uint16_t *)w)[i]);
-    case KDT_F32: break;
-    }
-    return ((const float *)w)[i];
-}
-
 float dot_wt_ref(const float *x, const void *w, kdtype wt, size_t n) {
     float s = 0.0f;
-    for (size_t i = 0; i < n; i++) s += x[i] * weight_at(w, wt, i);
+    for (size_t i = 0; i < n; i++) s += x[i] * kdtype_at(w, wt, i);
     return s;
 }
 
@@ -57,7 +48,7 @@ __attribute__((target("avx2,fma,f16c"))) float dot_wt_avx2(const float *x, const
     s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
     s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
     float s = _mm_cvtss_f32(s4);
-    for (; i < n; i++) s += x[i] * weight_at(w, wt, i);
+    for (; i < n; i++) s += x[i] * kdtype_at(w, wt, i);
     return s;
 }
 
@@ -97,8 +88,8 @@ void matmul_wt_ref(float *y, const float *x, const void *w, kdtype wt, const voi
         for (int j = 0; j < m; j++) {
             float s = 0.0f;
             for (int t = 0; t < k; t++)
-                s += x[(size_t)i * k + t] * weight_at(w, wt, (size_t)j * k + t);
-            y[(size_t)i * m + j] = bias ? s + weight_at(bias, bt, (size_t)j) : s;
+                s += x[(size_t)i * k + t] * kdtype_at(w, wt, (size_t)j * k + t);
+            y[(size_t)i * m + j] = bias ? s + kdtype_at(bias, bt, (size_t)j) : s;
         }
 }
 
@@ -117,7 +108,7 @@ void matmul_wt(float *y, const float *x, const void *w, kdtype wt, const void *b
 #pragma omp parallel for schedule(static) if ((size_t)m * k * (size_t)n > 32768)
     for (int j = 0; j < m; j++) {
         const void *wj = (const char *)w + (size_t)j * row_bytes;
-        float b = bias ? weight_at(bias, bt, (size_t)j) : 0.0f;
+        float b = bias ? kdtype_at(bias, bt, (size_t)j) : 0.0f;
         for (int i = 0; i < n; i++) {
             float s = dot(x + (size_t)i * k, wj, wt, (size_t)k);
             y[(size_t)i * m + j] = bias ? s + b : s;
@@ -141,7 +132,7 @@ void rmsnorm(float *y, const float *x, const void *w, kdtype wt, int n, int d, f
         for (int t = 0; t < d; t++) ss += (double)xi[t] * (double)xi[t];
         /* Qwen2RMSNorm: x * rsqrt(mean(x^2) + eps), in f32, then times the weight */
         float inv = 1.0f / sqrtf((float)(ss / d) + eps);
-        for (int t = 0; t < d; t++) yi[t] = weight_at(w, wt, (size_t)t) * (xi[t] * inv);
+        for (int t = 0; t < d; t++) yi[t] = kdtype_at(w, wt, (size_t)t) * (xi[t] * inv);
     }
 }
 

@@ -11,6 +11,7 @@
  * another order (quant.h states its bound).
  */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -102,15 +103,6 @@ static float round_clamp(float v, float qmax) {
     return fminf(t, qmax);
 }
 
-static float src_at(const void *w, kdtype wt, size_t i) {
-    switch (wt) {
-    case KDT_BF16: return bf16_to_f32_one(((const uint16_t *)w)[i]);
-    case KDT_F16: return f16_to_f32_one(((const uint16_t *)w)[i]);
-    case KDT_F32: break;
-    }
-    return ((const float *)w)[i];
-}
-
 static size_t src_size(kdtype t) { return t == KDT_F32 ? 4 : 2; }
 
 /* Sets the stored (unsigned) value of element e of a quantised row. */
@@ -170,7 +162,7 @@ void quant_rows(qmatrix *qm, const void *w, kdtype wt, int j0, int j1) {
         for (int b = 0; b < nb; b++) {
             const int e0 = b * QUANT_BLOCK;
             const int n = k - e0 >= QUANT_BLOCK ? QUANT_BLOCK : k - e0 > 0 ? k - e0 : 0;
-            for (int e = 0; e < n; e++) v[e] = src_at(src, wt, (size_t)(e0 + e));
+            for (int e = 0; e < n; e++) v[e] = kdtype_at(src, wt, (size_t)(e0 + e));
             /* a block whose scale underflows to 0 (or is all zero) stores q = 0 */
             const float s = n ? block_scale(v, n, qm->format) : 0.0f;
             sc[b] = s;
@@ -281,8 +273,6 @@ static _Thread_local float act_scale[ACT_ROWS][QUANT_MAX_COLS / QUANT_BLOCK];
 static _Thread_local int32_t act_sum[ACT_ROWS][QUANT_MAX_COLS / QUANT_BLOCK];
 static _Thread_local float panel[PANEL_FLOATS];
 
-static float bias_at(const void *bias, kdtype bt, int j) { return src_at(bias, bt, (size_t)j); }
-
 static void matmul_q_rows(float *y, const float *x, const qmatrix *qm, const void *bias,
                           kdtype bt, int n) {
     const int k = qm->cols, m = qm->rows;
@@ -297,6 +287,19 @@ static void matmul_q_rows(float *y, const float *x, const qmatrix *qm, const voi
     tile = tile < 4 ? 4 : tile - tile % 4;
     const int n_tiles = (m + tile - 1) / tile;
     void (*mv)(float *, const qmatrix *, const qact *, int, int) = qkern.matvec;
+    if (n == 1) { /* no reuse to keep in L2: one contiguous range per thread, so one
+                   * call streams it from start to end (see matvec_q_avx512) */
+#pragma omp parallel if ((size_t)m * k > 32768)
+        {
+            const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+            const int per = ((m + nt - 1) / nt + 3) / 4 * 4;
+            const int j0 = id * per < m ? id * per : m, j1 = j0 + per < m ? j0 + per : m;
+            if (j0 < j1) mv(y, qm, &qa[0], j0, j1);
+            if (bias)
+                for (int j = j0; j < j1; j++) y[j] = y[j] + kdtype_at(bias, bt, (size_t)j);
+        }
+        return;
+    }
 #pragma omp parallel for schedule(static) if ((size_t)m * k > 32768)
     for (int t = 0; t < n_tiles; t++) {
         int j0 = t * tile, j1 = j0 + tile < m ? j0 + tile : m;
@@ -304,7 +307,7 @@ static void matmul_q_rows(float *y, const float *x, const qmatrix *qm, const voi
             float *yi = y + (size_t)i * m;
             mv(yi, qm, &qa[i], j0, j1);
             if (bias)
-                for (int j = j0; j < j1; j++) yi[j] = yi[j] + bias_at(bias, bt, j);
+                for (int j = j0; j < j1; j++) yi[j] = yi[j] + kdtype_at(bias, bt, (size_t)j);
         }
     }
 }
@@ -341,7 +344,7 @@ static void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const v
                 for (int i = i0; i < i1; i++) {
                     float s = dot(x + (size_t)i * k, panel + (size_t)(j - j0) * k, KDT_F32,
                                   (size_t)k);
-                    y[(size_t)i * m + j] = bias ? s + bias_at(bias, bt, j) : s;
+                    y[(size_t)i * m + j] = bias ? s + kdtype_at(bias, bt, (size_t)j) : s;
                 }
         }
     }

@@ -16,8 +16,12 @@
  *            accumulates with one FMA per chunk: ~42 ops per 4 rows x 128
  *            elements where exact block order took ~50 (one core, data in cache:
  *            42.5 GB/s, was 35.5; GFNI's one-op nibble shift measured slower);
- *            a software prefetch into L2 of the rows ~64 KB ahead keeps enough
- *            misses in flight to overlap compute and memory;
+ *            the 4 rows of a pass come from the 4 quarters of the row range, so
+ *            the weights are read as 4 long sequential streams (rows of one
+ *            quarter are contiguous) that the hardware prefetcher follows, plus
+ *            a software prefetch into L2 of each stream 16 KB ahead (4 adjacent
+ *            rows instead, 4 streams of 3.5 KB restarting every pass, read at
+ *            ~27-30 GB/s on 2 cores where the memory gives ~50);
  *   AVX2:    no VNNI, and vpmaddubsw saturates at 255 * 127 * 2, so q8 flips u to the
  *            signed q (u ^ 0x80) and multiplies |q| by sign-adjusted x (at most
  *            2 * 127 * 127 per pair, exact); q4's u <= 15 cannot saturate.
@@ -159,23 +163,32 @@ T512 static inline __m512i reduce4_16(__m512i a, __m512i b, __m512i c, __m512i d
     return _mm512_madd_epi16(_mm512_packs_epi32(ab, cd), ones);
 }
 
+/* Software prefetch distance per weight stream, bytes (measured: 8-32 KB alike). A
+ * prefetch past the end of the matrix is harmless (prefetches do not fault). */
+#define PF_AHEAD 16384
+static inline int b0q(int c) { return c * (QUANT_CHUNK / QUANT_BLOCK); }
+
 /* Rows r0..r3 (pointers to their quantised bytes and scales) against the activation:
  * out[r] = sum over blocks, in order, of (sw * sx) * isum. Q4 is a compile-time
  * constant at each call, so the unpacking specialises. */
 T512 static inline __attribute__((always_inline)) void rows4_512(
     float out[4], const uint8_t *const row[4], const float *const sw[4], const qact *qa,
-    const __m512i *zs, const __m512 *sxs, int kp, int q4, const char *pf_q, const char *pf_s) {
+    const __m512i *zs, const __m512 *sxs, int kp, int q4) {
     const __m512i nib = _mm512_set1_epi8(0x0f);
     const __m512i idx_t = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     __m128 acc = _mm_setzero_ps();
     const int cb = q4 ? QUANT_CHUNK / 2 : QUANT_CHUNK; /* bytes of one row's chunk */
     for (int c = 0; c < kp / QUANT_CHUNK; c++) {
-        /* The hardware prefetcher loses time re-learning 4 short streams per group of
-         * rows: fetch a later group (contiguous bytes) linearly, as much per chunk as
-         * this chunk consumes, into L2 (more misses in flight than L1 allows). */
-#pragma GCC unroll 8
-        for (int l = 0; l < 4 * cb; l += 64) _mm_prefetch(pf_q + (size_t)c * 4 * cb + l, _MM_HINT_T1);
-        if (c % 4 == 0) _mm_prefetch(pf_s + (size_t)c * 16, _MM_HINT_T1);
+        /* each stream PF_AHEAD bytes ahead, and its scales as far in rows (16 bytes of
+         * scales per chunk of cb bytes: one line every 4 chunks) */
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+#pragma GCC unroll 2
+            for (int l = 0; l < cb; l += 64)
+                _mm_prefetch((const char *)row[r] + (size_t)c * cb + PF_AHEAD + l, _MM_HINT_T1);
+            if (c % 4 == 0)
+                _mm_prefetch((const char *)(sw[r] + b0q(c)) + PF_AHEAD * 16 / cb, _MM_HINT_T1);
+        }
         const __m512i x0 = _mm512_loadu_si512(qa->q + c * QUANT_CHUNK);
         const __m512i x1 = _mm512_loadu_si512(qa->q + c * QUANT_CHUNK + 64);
         __m512i d0[4], d1[4];
@@ -229,16 +242,18 @@ T512 static inline __attribute__((always_inline)) void rows4_512(
  * therefore not the reference's (blocks b, b + 4, ... per lane, then 4 lanes). */
 T512 static inline __attribute__((always_inline)) void rows4_q4_512(
     float out[4], const uint8_t *const row[4], const float *const sw[4], const qact *qa,
-    const __m512i *nz0, const __m512i *nz1, const __m512 *sxs, int kp, const char *pf_q,
-    const char *pf_s) {
+    const __m512i *nz0, const __m512i *nz1, const __m512 *sxs, int kp) {
     const __m512i nib = _mm512_set1_epi8(0x0f);
     const __m512i idx_t = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     __m512 acc = _mm512_setzero_ps();
     for (int c = 0; c < kp / QUANT_CHUNK; c++) {
-        /* prefetch as rows4_512 (4 rows x 64 bytes per chunk) */
+        /* prefetch as rows4_512 (64 bytes per row and chunk) */
 #pragma GCC unroll 4
-        for (int l = 0; l < 4 * 64; l += 64) _mm_prefetch(pf_q + (size_t)c * 256 + l, _MM_HINT_T1);
-        if (c % 4 == 0) _mm_prefetch(pf_s + (size_t)c * 16, _MM_HINT_T1);
+        for (int r = 0; r < 4; r++) {
+            _mm_prefetch((const char *)row[r] + (size_t)c * 64 + PF_AHEAD, _MM_HINT_T1);
+            if (c % 4 == 0)
+                _mm_prefetch((const char *)(sw[r] + b0q(c)) + PF_AHEAD / 4, _MM_HINT_T1);
+        }
         const int b0 = c * (QUANT_CHUNK / QUANT_BLOCK);
         const __m512i x0 = _mm512_loadu_si512(qa->q + c * QUANT_CHUNK);
         const __m512i x1 = _mm512_loadu_si512(qa->q + c * QUANT_CHUNK + 64);
@@ -294,24 +309,21 @@ T512 void matvec_q_avx512(float *y, const qmatrix *qm, const qact *qa, int j0, i
             idx_b, _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(qa->sum + b0))));
         zs[c] = _mm512_slli_epi32(sums, 7); /* zp = 128 */
     }
-    const int ahead = (int)((65536 + 4 * rb - 1) / (4 * rb)); /* groups of 4 rows */
-    for (int j = j0; j < j1; j += 4) {
+    /* pass i: rows j0 + r * qn + i, one from each quarter (4 sequential streams);
+     * the last quarter may be short: its missing rows repeat row j1 - 1, unstored */
+    const int qn = (j1 - j0 + 3) / 4;
+    for (int i = 0; i < qn; i++) {
         const uint8_t *row[4];
         const float *sw[4];
         for (int r = 0; r < 4; r++) {
-            int jr = j + r < j1 ? j + r : j1 - 1;
+            int jr = j0 + r * qn + i < j1 ? j0 + r * qn + i : j1 - 1;
             row[r] = qm->q + (size_t)jr * rb;
             sw[r] = qm->scale + (size_t)jr * nb;
         }
-        /* the group ~64 KB ahead (measured: 1 group ahead into L1 reached ~70% of a
-         * plain read of the same bytes, this ~85-100%); near the end, this group */
-        const int jp = j + 4 * ahead < qm->rows ? j + 4 * ahead : j;
-        const char *pf_q = (const char *)(qm->q + (size_t)jp * rb);
-        const char *pf_s = (const char *)(qm->scale + (size_t)jp * nb);
         float out[4];
-        if (q4) rows4_q4_512(out, row, sw, qa, nz0, nz1, sxs, kp, pf_q, pf_s);
-        else rows4_512(out, row, sw, qa, zs, sxs, kp, 0, pf_q, pf_s);
-        for (int r = 0; r < 4 && j + r < j1; r++) y[j + r] = out[r];
+        if (q4) rows4_q4_512(out, row, sw, qa, nz0, nz1, sxs, kp);
+        else rows4_512(out, row, sw, qa, zs, sxs, kp, 0);
+        for (int r = 0; r < 4 && j0 + r * qn + i < j1; r++) y[j0 + r * qn + i] = out[r];
     }
 }
 
