@@ -281,11 +281,6 @@ static void matmul_q_rows(float *y, const float *x, const qmatrix *qm, const voi
         qa[i] = (qact){act_q[i], act_scale[i], act_sum[i]};
         qkern.act(&qa[i], x + (size_t)i * k, k);
     }
-    /* Tiles of ~128 KB of weights: with 2 or 3 rows of x each tile is re-read from
-     * L2, not from memory. Contiguous tiles per thread keep the streams sequential. */
-    int tile = (int)(128 * 1024 / quant_row_bytes(qm->format, k));
-    tile = tile < 4 ? 4 : tile - tile % 4;
-    const int n_tiles = (m + tile - 1) / tile;
     void (*mv)(float *, const qmatrix *, const qact *, int, int) = qkern.matvec;
     if (n == 1) { /* no reuse to keep in L2: one contiguous range per thread, so one
                    * call streams it from start to end (see matvec_q_avx512) */
@@ -300,6 +295,11 @@ static void matmul_q_rows(float *y, const float *x, const qmatrix *qm, const voi
         }
         return;
     }
+    /* Tiles of ~128 KB of weights: with 2 or 3 rows of x each tile is re-read from
+     * L2, not from memory. Contiguous tiles per thread keep the streams sequential. */
+    int tile = (int)(128 * 1024 / quant_row_bytes(qm->format, k));
+    tile = tile < 4 ? 4 : tile - tile % 4;
+    const int n_tiles = (m + tile - 1) / tile;
 #pragma omp parallel for schedule(static) if ((size_t)m * k > 32768)
     for (int t = 0; t < n_tiles; t++) {
         int j0 = t * tile, j1 = j0 + tile < m ? j0 + tile : m;
