@@ -273,6 +273,28 @@ static void test_growth(void) {
           "growth: peak %zu bytes / %lld blocks, after release %lld in use, %lld free, %zu bytes",
           st.peak_bytes, (long long)st.peak_in_use, (long long)st.in_use, (long long)st.free,
           st.bytes);
+    /* 40 blocks at once, 10 rows filled, then a fork: the parent's next reserve copies
+     * block 0 only and keeps its 39 reserved blocks */
+    kv_seq big = {0}, f = {0};
+    CHECK(kv_seq_reserve(&p, &big, 40 * 64, &err) == ERGO_OK, "%s", err.msg);
+    CHECK_EQ_INT(big.n_blocks, 40, "big reserve: blocks");
+    store_rows(&p, &big, 5, 0, 10);
+    kv_seq_commit(&big, 10);
+    int32_t b1 = big.blocks[1];
+    CHECK(kv_seq_fork(&p, &f, &big, &err) == ERGO_OK, "%s", err.msg);
+    CHECK_EQ_INT(f.n_blocks, 1, "fork of 10 rows: blocks shared");
+    int64_t a0 = stats(&p).allocated, c0 = stats(&p).cow_copies;
+    CHECK(append_rows(&p, &big, 6, 2000, &err) == ERGO_OK, "%s", err.msg);
+    CHECK(stats(&p).allocated - a0 == 1 && stats(&p).cow_copies - c0 == 1 && big.blocks[1] == b1,
+          "big reserve after a fork: %lld allocated, %lld copied (want 1, 1), block 1 kept %d",
+          (long long)(stats(&p).allocated - a0), (long long)(stats(&p).cow_copies - c0),
+          big.blocks[1] == b1);
+    CHECK(check_rows(&p, &big, 5, 0, 10, "big: old rows") == 0, "big old rows");
+    CHECK(check_rows(&p, &big, 6, 10, 2000, "big: new rows") == 0, "big new rows");
+    CHECK(check_rows(&p, &f, 5, 0, 10, "big: fork's rows") == 0, "fork rows");
+    kv_seq_release(&p, &big);
+    kv_seq_release(&p, &f);
+    check_pool(&p, (const kv_seq *const[1]){NULL}, 0, "big reserve");
     kv_pool_free(&p);
 }
 

@@ -351,20 +351,27 @@ ergo_status kv_seq_reserve(kv_pool *p, kv_seq *s, int n_total, ergo_error *err) 
     int need = (n_total + KV_BLOCK - 1) / KV_BLOCK;
     int first = s->n_tokens / KV_BLOCK;
     int end = need < s->n_blocks ? need : s->n_blocks;
-    /* blocks to copy before writing (recorded once: another holder may let go of
-     * one meanwhile, and then we copy it anyway, which is harmless) */
-    int n_cow = 0;
-    for (int i = first; i < end; i++) n_cow += !writable(p, s->blocks[i]);
     int n_new = need > s->n_blocks ? need - s->n_blocks : 0;
-    if (!n_cow && !n_new) return ERGO_OK;
-    if (seq_grow(s, need, err) != ERGO_OK) return err ? err->code : ERGO_E_NOMEM;
-    int n_get = n_cow + n_new;
+    /* ids: (n_cow + n_new) blocks acquired, then cow_at: (n_cow) indices in s of the
+     * blocks to copy before writing, found in one pass (another holder may let go of
+     * one meanwhile; then we copy it anyway, which is harmless) */
+    int span = end > first ? end - first : 0;
     int32_t small[32];
-    int32_t *ids = n_get + n_cow <= 32 ? small : malloc(sizeof(int32_t) * (size_t)(n_get + n_cow));
+    int32_t *ids = 2 * span + n_new <= 32 ? small : malloc(sizeof(int32_t) * (size_t)(2 * span + n_new));
     if (!ids) return ergo_fail(err, ERGO_E_NOMEM, "kv cache: out of memory");
-    int32_t *cow_at = ids + n_get; /* (n_cow) block indices in s to replace */
-    for (int i = first, k = 0; i < end; i++)
-        if (!writable(p, s->blocks[i])) cow_at[k++] = i;
+    int32_t *cow_at = ids + span + n_new;
+    int n_cow = 0;
+    for (int i = first; i < end; i++)
+        if (!writable(p, s->blocks[i])) cow_at[n_cow++] = i;
+    if (!n_cow && !n_new) {
+        if (ids != small) free(ids);
+        return ERGO_OK;
+    }
+    if (seq_grow(s, need, err) != ERGO_OK) {
+        if (ids != small) free(ids);
+        return err ? err->code : ERGO_E_NOMEM;
+    }
+    int n_get = n_cow + n_new;
 
     pthread_mutex_lock(&p->mu);
     int64_t avail = available_locked(p);
