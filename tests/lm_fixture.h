@@ -19,6 +19,7 @@
 #include "io/random_checkpoint.h"
 #include "kernels/kernels.h"
 #include "model/mrope.h"
+#include "model/text.h"
 #include "model/weights.h"
 
 static inline const char *lmf_path(const char *rel) {
@@ -65,6 +66,15 @@ static inline int lmf_model(model *m, const char *case_rel) {
 }
 
 /* An int array of JSON (malloc'd; at least one element allocated). */
+/* An f32 KV pool without a budget for m's sessions (free with kv_pool_free). */
+static inline kv_pool *lmf_pool(kv_pool *p, const model *m) {
+    ergo_error err = {0};
+    const kv_pool_config kc = text_kv_config(&m->config.text, KV_F32, 0);
+    ergo_status s = kv_pool_init(p, &kc, &err);
+    CHECK(s == ERGO_OK, "kv pool: %s", err.msg);
+    return s ? NULL : p;
+}
+
 static inline int32_t *lmf_ints(const json_t *arr, int *n) {
     *n = (int)json_array_size(arr);
     int32_t *v = malloc(sizeof *v * (size_t)(*n + 1));

@@ -66,7 +66,7 @@ static int bound_list(const model *m, weight_spec **out) {
     weights_spec(&m->config, s, (model_weights *)&m->weights);
     if (m->config.text.tie_word_embeddings) {
         snprintf(s[n].name, sizeof s[n].name, "lm_head.weight");
-        s[n].slot = (tensor *)&m->weights.text.lm_head;
+        s[n].slot = (weight *)&m->weights.text.lm_head;
         s[n].n_dims = 2;
         s[n].shape[0] = m->config.text.vocab_size;
         s[n].shape[1] = m->config.text.hidden;
@@ -153,7 +153,7 @@ static int check_tensors(const model *m, const json_t *expected, const char *nam
     int bad = 0;
     for (int i = 0; i < n && i < (int)json_array_size(tens); i++) {
         const json_t *e = json_array_get(tens, (size_t)i);
-        const tensor *t = specs[i].slot;
+        const tensor *t = &specs[i].slot->t;
         const char *want_name = json_string_value(json_object_get(e, "name"));
         if (strcmp(specs[i].name, want_name) != 0) {
             CHECK(0, "%s: parameter %d is `%s', the reference's is `%s'", name, i, specs[i].name,
@@ -205,7 +205,7 @@ static void check_identical(const model *a, const model *b, const char *label) {
     CHECK_EQ_INT(na, nb, label);
     int bad = 0;
     for (int i = 0; i < na && i < nb; i++) {
-        const tensor *x = sa[i].slot, *y = sb[i].slot;
+        const tensor *x = &sa[i].slot->t, *y = &sb[i].slot->t;
         if (strcmp(sa[i].name, sb[i].name) || x->dtype != y->dtype || x->nbytes != y->nbytes ||
             (x->nbytes && memcmp(x->data, y->data, x->nbytes))) {
             if (!bad) CHECK(0, "%s: tensor %s differs", label, sa[i].name);
@@ -314,7 +314,7 @@ static void test_cases(void) {
         CHECK_EQ_INT(pc.vision, json_integer_value(json_object_get(want, "vision")),
                      "params vision");
         /* weights point into the maps: no copy */
-        const tensor *q = &m->weights.text.layers[0].q_w;
+        const tensor *q = &m->weights.text.layers[0].q_w.t;
         int inside = 0;
         for (int f = 0; f < m->ckpt.n_files; f++)
             inside |= (const uint8_t *)q->data >= m->ckpt.files[f].bytes &&
@@ -322,7 +322,7 @@ static void test_cases(void) {
                           m->ckpt.files[f].bytes + m->ckpt.files[f].size;
         CHECK(inside && m->ckpt.n_copies == 0, "%s: weights are not views of the map", name);
         if (c.parsed.text.tie_word_embeddings)
-            CHECK(m->weights.text.lm_head.data == m->weights.text.embed.data,
+            CHECK(m->weights.text.lm_head.t.data == m->weights.text.embed.t.data,
                   "%s: tied head reads the embedding", name);
         /* the in-memory fill holds the same bytes as the file */
         model mem;
@@ -649,7 +649,7 @@ static void test_bad_tensors(void) {
     write_entries(dir, f, e, n);
     CHECK(model_load(&m, dir, &err) == ERGO_OK, "mixed dtypes: %s", err.msg);
     if (!err.msg[0]) {
-        CHECK(m.weights.text.norm.dtype == DTYPE_F32 && m.weights.text.embed.dtype == DTYPE_BF16,
+        CHECK(m.weights.text.norm.t.dtype == DTYPE_F32 && m.weights.text.embed.t.dtype == DTYPE_BF16,
               "mixed dtypes kept as stored");
         model_free(&m);
     }
@@ -800,7 +800,7 @@ static void test_misaligned(void) {
     if (model_load(&b, dir2, &err) == ERGO_OK) {
         CHECK(b.ckpt.n_copies == b.ckpt.n_tensors, "misaligned tensors copied: %d of %d",
               b.ckpt.n_copies, b.ckpt.n_tensors);
-        CHECK((uintptr_t)b.weights.text.embed.data % 2 == 0, "copy aligned");
+        CHECK((uintptr_t)b.weights.text.embed.t.data % 2 == 0, "copy aligned");
         check_identical(&a, &b, "misaligned vs aligned");
         model_free(&b);
     } else {

@@ -249,7 +249,8 @@ static void test_row_ops(void) {
     float *w = malloc(D * sizeof *w);
     fill(x, N * D, 1, 4.0f);
     fill(w, D, 2, 1.0f);
-    rmsnorm(y, x, w, KDT_F32, N, D, 1e-6f);
+    kweight kw = {KDT_F32, w, 1, D, NULL};
+    rmsnorm(y, x, &kw, N, D, 1e-6f);
     double max_err = 0;
     for (int i = 0; i < N; i++) {
         double ss = 0;

@@ -76,7 +76,7 @@ static void check_single_prefill(ergo_engine *e, const ergo_result *r, const cha
     memcpy(rows + n1 * D, b, sizeof *rows * (size_t)n2 * D);
     session s;
     ergo_error err = {0};
-    ergo_status st = session_init(&s, &e->m, 1 << 16, &err);
+    ergo_status st = session_init(&s, &e->m, &e->pool, 1 << 16, &err);
     if (!st)
         st = session_append(&s, &e->st, r->conversation.v, (int)r->conversation.n, g, 2, rows,
                             logits, &err);

@@ -77,9 +77,10 @@ static int prefill_all(const model *m, const int32_t *ids, const int32_t *pos, i
                        float *logits) {
     ergo_error err = {0};
     text_state st;
-    kv_cache kv;
-    if (text_state_init(&st, &m->config.text, TF_CHUNK, &err) ||
-        kv_cache_init(&kv, &m->config.text, n, &err)) {
+    kv_pool pool;
+    kv_seq kv = {0};
+    const kv_pool_config kc = text_kv_config(&m->config.text, KV_F32, 0);
+    if (text_state_init(&st, &m->config.text, TF_CHUNK, &err) || kv_pool_init(&pool, &kc, &err)) {
         CHECK(0, "%s", err.msg);
         return 0;
     }
@@ -89,10 +90,11 @@ static int prefill_all(const model *m, const int32_t *ids, const int32_t *pos, i
         const int len = n - c0 < TF_CHUNK ? n - c0 : TF_CHUNK;
         text_input in = {ids + c0, {pos + c0, pos + c0, pos + c0}, len, NULL, 0,
                          m->config.image_token_id};
-        ok = text_forward(m, &st, &kv, c0, &in, len, logits + (size_t)c0 * V, &err) == ERGO_OK;
+        ok = text_forward(m, &st, &pool, &kv, &in, len, logits + (size_t)c0 * V, &err) == ERGO_OK;
         CHECK(ok, "prefill: %s", err.msg);
     }
-    kv_cache_free(&kv);
+    kv_seq_release(&pool, &kv);
+    kv_pool_free(&pool);
     text_state_free(&st);
     return ok;
 }
@@ -137,9 +139,10 @@ static int decode_all(const model *m, const int32_t *ids, const int32_t *pos, in
                       const float *ref, agreement *a) {
     ergo_error err = {0};
     text_state st;
-    kv_cache kv;
-    if (text_state_init(&st, &m->config.text, 1, &err) ||
-        kv_cache_init(&kv, &m->config.text, n, &err)) {
+    kv_pool pool;
+    kv_seq kv = {0};
+    const kv_pool_config kc = text_kv_config(&m->config.text, KV_F32, 0);
+    if (text_state_init(&st, &m->config.text, 1, &err) || kv_pool_init(&pool, &kc, &err)) {
         CHECK(0, "%s", err.msg);
         return 0;
     }
@@ -149,12 +152,13 @@ static int decode_all(const model *m, const int32_t *ids, const int32_t *pos, in
     for (int i = 0; i < n && ok; i++) {
         text_input in = {ids + i, {pos + i, pos + i, pos + i}, 1, NULL, 0,
                          m->config.image_token_id};
-        ok = text_forward(m, &st, &kv, i, &in, 1, row, &err) == ERGO_OK;
+        ok = text_forward(m, &st, &pool, &kv, &in, 1, row, &err) == ERGO_OK;
         CHECK(ok, "decode: %s", err.msg);
         if (ok) agree_add(a, ref + (size_t)i * V, row, V);
     }
     free(row);
-    kv_cache_free(&kv);
+    kv_seq_release(&pool, &kv);
+    kv_pool_free(&pool);
     text_state_free(&st);
     return ok;
 }
@@ -203,7 +207,7 @@ static void test_accuracy(void) {
         }
         CHECK(r.n_tensors == expected_twins(&m, fmts[f]), "%s: %d tensors quantised, expected %d",
               quant_format_name(fmts[f]), r.n_tensors, expected_twins(&m, fmts[f]));
-        const qmatrix *head = m.weights.text.lm_head.quant;
+        const qmatrix *head = m.weights.text.lm_head.k.q;
         CHECK(fmts[f] == QUANT_Q8 ? head == NULL : (head && head->format == QUANT_Q8),
               "%s: the head's twin is %s", quant_format_name(fmts[f]),
               head ? quant_format_name(head->format) : "none");
@@ -251,7 +255,7 @@ static int twins_equal(const model *a, const model *b, const char *what) {
     weights_spec(&b->config, sb, &wb);
     int same = 1, twins = 0;
     for (int i = 0; i < n && same; i++) {
-        const qmatrix *x = ((tensor *)sa[i].slot)->quant, *y = ((tensor *)sb[i].slot)->quant;
+        const qmatrix *x = sa[i].slot->k.q, *y = sb[i].slot->k.q;
         if (!x != !y) same = 0;
         if (!x || !y) continue;
         twins++;

@@ -25,6 +25,7 @@ typedef struct ctx {
     const json_t *man;
     model m;
     text_state st;
+    kv_pool pool;
     tokenizer *tok;
     int V;
     double tol, session_tol;
@@ -71,7 +72,7 @@ static void test_prompt(ctx *c, const json_t *pr, const char *label) {
     float *vis = vision_rows(pr, &nv);
     float *logits = malloc(sizeof *logits * c->V), *whole = malloc(sizeof *whole * c->V);
     session s;
-    session_init(&s, &c->m, 4096, &err);
+    session_init(&s, &c->m, &c->pool, 4096, &err);
     CHECK(session_append(&s, &c->st, ids, n, g, ng, vis, whole, &err) == ERGO_OK, "%s: %s", label,
           err.msg);
     CHECK_EQ_INT(s.next_pos - s.n_cached, json_integer_value(json_object_get(pr, "rope_delta")),
@@ -84,7 +85,7 @@ static void test_prompt(ctx *c, const json_t *pr, const char *label) {
         int rows1 = 0;
         for (int k = 0; k < i1; k++) rows1 += (int)mrope_grid_tokens(&g[k], 2);
         session a;
-        session_init(&a, &c->m, 4096, &err);
+        session_init(&a, &c->m, &c->pool, 4096, &err);
         CHECK(session_append(&a, &c->st, ids, n1, g, i1, vis, logits, &err) == ERGO_OK,
               "%s turn 1: %s", label, err.msg);
         char l1[200];
@@ -156,8 +157,8 @@ static void test_token_by_token(ctx *c, const json_t *pr) {
     int32_t *ids = lmf_ints(json_object_get(pr, "input_ids"), &n);
     float *one = malloc(sizeof *one * c->V), *inc = malloc(sizeof *inc * c->V);
     session a, b;
-    session_init(&a, &c->m, 4096, &err);
-    session_init(&b, &c->m, 4096, &err);
+    session_init(&a, &c->m, &c->pool, 4096, &err);
+    session_init(&b, &c->m, &c->pool, 4096, &err);
     session_append(&a, &c->st, ids, n, NULL, 0, NULL, one, &err);
     for (int i = 0; i < n; i++) session_append(&b, &c->st, ids + i, 1, NULL, 0, NULL, inc, &err);
     float d = max_diff(one, inc, c->V);
@@ -165,7 +166,7 @@ static void test_token_by_token(ctx *c, const json_t *pr) {
           "token by token vs one prefill: %g (rows %d pos %d)", (double)d, b.n_cached, b.next_pos);
     /* context limit: a session of n + 1 tokens refuses 2 more, unchanged */
     session small;
-    session_init(&small, &c->m, n + 1, &err);
+    session_init(&small, &c->m, &c->pool, n + 1, &err);
     CHECK(session_append(&small, &c->st, ids, n, NULL, 0, NULL, NULL, &err) == ERGO_OK, "%s",
           err.msg);
     CHECK(session_append(&small, &c->st, ids, 2, NULL, 0, NULL, inc, &err) == ERGO_E_LIMIT &&
@@ -196,7 +197,7 @@ static void test_stops(ctx *c, const json_t *pr) {
     float *prompt_logits = malloc(sizeof *prompt_logits * c->V);
     float *logits = malloc(sizeof *logits * c->V);
     session base;
-    session_init(&base, &c->m, 4096, &err);
+    session_init(&base, &c->m, &c->pool, 4096, &err);
     session_append(&base, &c->st, ids, n, NULL, 0, NULL, prompt_logits, &err);
     generate_params gp = {{0}, nw, &want[5], 1, NULL, 0};
     sampler_config_from_generation(&gp.sampling, &c->m.generation);
@@ -273,6 +274,7 @@ void test_session(void) {
         if (!lmf_model(&c.m, json_string_value(json_object_get(cs, "case")))) continue;
         c.V = c.m.config.text.vocab_size;
         text_state_init(&c.st, &c.m.config.text, 512, &err);
+        lmf_pool(&c.pool, &c.m);
         const json_t *prompts = json_object_get(cs, "prompts");
         for (size_t i = 0; i < json_array_size(prompts); i++) {
             const json_t *pr = json_array_get(prompts, i);
@@ -284,6 +286,7 @@ void test_session(void) {
             if (i == 0) test_stops(&c, pr);
         }
         text_state_free(&c.st);
+        kv_pool_free(&c.pool);
         model_free(&c.m);
     }
     tokenizer_free(c.tok);

@@ -69,13 +69,16 @@ static void prompt_free(prompt_data *p) {
 /* One prefill from an empty cache; logits of the last n_logits tokens. */
 static ergo_status prefill(const model *m, text_state *st, const prompt_data *p, int n_logits,
                            float *logits, ergo_error *err) {
-    kv_cache kv;
-    ergo_status s = kv_cache_init(&kv, &m->config.text, p->n, err);
+    kv_pool pool;
+    const kv_pool_config kc = text_kv_config(&m->config.text, KV_F32, 0);
+    ergo_status s = kv_pool_init(&pool, &kc, err);
     if (s) return s;
+    kv_seq kv = {0};
     text_input in = {p->ids, {p->pos[0], p->pos[1], p->pos[2]}, p->n, p->vision, p->n_vision,
                      m->config.image_token_id};
-    s = text_forward(m, st, &kv, 0, &in, n_logits, logits, err);
-    kv_cache_free(&kv);
+    s = text_forward(m, st, &pool, &kv, &in, n_logits, logits, err);
+    kv_seq_release(&pool, &kv);
+    kv_pool_free(&pool);
     return s;
 }
 
@@ -153,30 +156,41 @@ static void test_refusals(const json_t *man) {
     model m;
     if (!lmf_model(&m, json_string_value(json_object_get(cs, "case")))) return;
     text_state st;
-    kv_cache kv;
+    kv_pool pool; /* a budget of one block: the second sequence finds it full */
+    kv_seq kv = {0}, other = {0};
     ergo_error err = {0};
     text_state_init(&st, &m.config.text, 8, &err);
-    kv_cache_init(&kv, &m.config.text, 4, &err);
+    const kv_pool_config kc = text_kv_config(&m.config.text, KV_F32,
+                                             kv_pool_bytes_for(m.config.text.n_layers,
+                                                               m.config.text.n_kv_heads,
+                                                               m.config.text.head_dim, KV_F32, 1));
+    kv_pool_init(&pool, &kc, &err);
     float *logits = malloc(sizeof *logits * m.config.text.vocab_size);
     int32_t ids[4] = {1, 2, 3, 4}, p0[4] = {0, 1, 2, 3};
     text_input in = {ids, {p0, p0, p0}, 4, NULL, 0, m.config.image_token_id};
     ids[2] = 152064;
-    CHECK(text_forward(&m, &st, &kv, 0, &in, 1, logits, &err) == ERGO_E_ARG &&
+    CHECK(text_forward(&m, &st, &pool, &kv, &in, 1, logits, &err) == ERGO_E_ARG &&
               strstr(err.msg, "152064") && strstr(err.msg, "vocabulary"),
           "id outside the vocabulary: %s", err.msg);
+    CHECK(kv.n_tokens == 0, "a refused forward commits nothing (%d rows)", kv.n_tokens);
     ids[2] = 3;
-    CHECK(text_forward(&m, &st, &kv, 1, &in, 1, logits, &err) == ERGO_E_LIMIT,
-          "past the cache: %s", err.msg);
+    CHECK(text_forward(&m, &st, &pool, &kv, &in, 1, logits, &err) == ERGO_OK && kv.n_tokens == 4,
+          "first sequence: %s", err.msg);
+    CHECK(text_forward(&m, &st, &pool, &other, &in, 1, logits, &err) == ERGO_E_LIMIT &&
+              other.n_tokens == 0,
+          "past the pool's budget: %s", err.msg);
     ids[1] = m.config.image_token_id;
     float row[64] = {0};
     text_input in2 = {ids, {p0, p0, p0}, 4, row, 2, m.config.image_token_id};
-    CHECK(text_forward(&m, &st, &kv, 0, &in2, 1, logits, &err) == ERGO_E_ARG &&
+    CHECK(text_forward(&m, &st, &pool, &other, &in2, 1, logits, &err) == ERGO_E_ARG &&
               strstr(err.msg, "do not match"),
           "vision rows vs pads: %s", err.msg);
     text_state none;
     CHECK(text_state_init(&none, &m.config.text, 0, &err) == ERGO_E_ARG, "max_tokens 0");
     free(logits);
-    kv_cache_free(&kv);
+    kv_seq_release(&pool, &kv);
+    kv_seq_release(&pool, &other);
+    kv_pool_free(&pool);
     text_state_free(&st);
     model_free(&m);
 }
@@ -217,12 +231,15 @@ static void test_7b_widths_reduced(const char *case_rel) {
     for (int j = 0; j < V; j++) d = fmaxf(d, fabsf(a[j] - b[j]));
     CHECK(d <= 1e-5f, "reduced 7B: chunks of 3 differ by %g", (double)d);
     session s;
-    session_init(&s, &m, 64, &err);
+    kv_pool pool;
+    lmf_pool(&pool, &m);
+    session_init(&s, &m, &pool, 64, &err);
     for (int i = 0; i < n; i++) session_append(&s, &st, ids + i, 1, NULL, 0, NULL, b, &err);
     d = 0;
     for (int j = 0; j < V; j++) d = fmaxf(d, fabsf(a[j] - b[j]));
     CHECK(d <= 1e-4f && s.n_cached == n, "reduced 7B: token by token differs by %g", (double)d);
     session_free(&s);
+    kv_pool_free(&pool);
     free(a);
     free(b);
     text_state_free(&st);
@@ -269,7 +286,9 @@ static void test_7b_widths(const json_t *man) {
     if (tok && prompt_load(&p, pr, &mi)) {
         double t1 = now_ms();
         session s;
-        session_init(&s, &m, 4096, &err);
+        kv_pool pool;
+        lmf_pool(&pool, &m);
+        session_init(&s, &m, &pool, 4096, &err);
         ergo_status r = session_append(&s, &st, p.ids, p.n, p.grids, p.n_grids, p.vision, logits,
                                        &err);
         CHECK(r == ERGO_OK, "7b prefill: %s", err.msg);
@@ -294,6 +313,7 @@ static void test_7b_widths(const json_t *man) {
         generate_result_free(&res);
         free(want);
         session_free(&s);
+        kv_pool_free(&pool);
         prompt_free(&p);
     }
     tokenizer_free(tok);

@@ -33,6 +33,7 @@
 
 #define MAX_REPS 50
 #define MAX_LIST 8
+#define MAX_BATCH 64
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -59,7 +60,8 @@ static json_t *jstat(stat3 s) {
 typedef struct opts {
     const char *model_dir, *random, *weights, *weights_cache;
     int text_layers, vision_layers, threads, reps, json, chunk, decode_steps;
-    int vt[MAX_LIST], n_vt, pf[MAX_LIST], n_pf, dc[MAX_LIST], n_dc;
+    int vt[MAX_LIST], n_vt, pf[MAX_LIST], n_pf, dc[MAX_LIST], n_dc, batch[MAX_LIST], n_batch;
+    kv_dtype kv_dtype;
     double probe_seconds;
     FILE *tab; /* the table: stdout, or stderr when stdout gets the JSON */
 } opts;
@@ -77,6 +79,12 @@ static int parse_list(const char *s, int *out, int *n) {
     return 0;
 }
 
+static int list_max(const int *v, int n) {
+    int m = 0;
+    for (int i = 0; i < n; i++) m = v[i] > m ? v[i] : m;
+    return m;
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ergo bench model (--model DIR | --random 7b|3b) [options]\n"
@@ -88,6 +96,9 @@ static void usage(FILE *f) {
             "  --vision-tokens LIST   merged vision tokens, e.g. 640,1280,4471 (0 = none)\n"
             "  --prefill LIST         prompt lengths, e.g. 512,2048\n"
             "  --decode LIST          contexts, e.g. 1024,4096; --decode-steps N (default 8)\n"
+            "  --batch LIST           sequences decoded together, e.g. 1,2,4,8 (default 1; at\n"
+            "                         most 64): one step = one token of each, one weight pass\n"
+            "  --kv-dtype T           f32 (default) or bf16: how the KV cache stores keys/values\n"
             "  --chunk N              prefill chunk (rows per forward call, default 256)\n"
             "  --probe-seconds S      time for the machine probe (default 2; 0 = skip)\n"
             "  --json                 JSON on stdout (the table goes to stderr)\n");
@@ -148,10 +159,9 @@ static double decode_weight_bytes(const model *m) {
     for (int i = 0; i < n; i++) {
         if (sp[i].part != PART_TEXT || !sp[i].slot) continue;
         if (sp[i].kind != WEIGHT_MATRIX && sp[i].kind != WEIGHT_LM_HEAD) continue;
-        const tensor *t = sp[i].slot;
-        bytes += t->quant ? (double)quant_matrix_bytes(t->quant->format, t->quant->rows,
-                                                        t->quant->cols)
-                          : (double)t->nbytes;
+        const weight *wt = sp[i].slot;
+        const qmatrix *q = wt->k.q;
+        bytes += q ? (double)quant_matrix_bytes(q->format, q->rows, q->cols) : (double)wt->t.nbytes;
     }
     free(sp);
     return bytes;
@@ -253,37 +263,65 @@ static void fill_ids(int32_t *ids, int32_t *pos, int n, int n_past, int vocab, u
     }
 }
 
-static int forward_chunks(const model *m, text_state *st, kv_cache *kv, int n_past, int32_t *ids,
-                          int32_t *pos, int n, int chunk, float *logits, ergo_error *err) {
+static int forward_chunks(const model *m, text_state *st, kv_pool *pool, kv_seq *kv,
+                          int32_t *ids, int32_t *pos, int n, int chunk, float *logits,
+                          ergo_error *err) {
     for (int s = 0; s < n; s += chunk) {
         int len = n - s < chunk ? n - s : chunk;
         text_input in = {ids + s, {pos + s, pos + s, pos + s}, len, NULL, 0,
                          m->config.image_token_id};
-        if (text_forward(m, st, kv, n_past + s, &in, s + len == n ? 1 : 0, logits, err)) return 1;
+        if (text_forward(m, st, pool, kv, &in, s + len == n ? 1 : 0, logits, err)) return 1;
     }
     return 0;
+}
+
+/* A context of ctx rows of random keys and values (what a prefill of random ids
+ * would leave, at none of its cost; decode time does not depend on the values). */
+static ergo_status fill_context(const text_config *t, kv_pool *pool, kv_seq *kv, int ctx,
+                                uint64_t seed, float *rows, ergo_error *err) {
+    ergo_status s = kv_seq_reserve(pool, kv, ctx, err);
+    if (s) return s;
+    const size_t kvd = (size_t)t->n_kv_heads * t->head_dim;
+    for (int l = 0; l < t->n_layers; l++)
+        for (int j0 = 0; j0 < ctx; j0 += 64) {
+            const int n = ctx - j0 < 64 ? ctx - j0 : 64;
+            for (size_t e = 0; e < (size_t)n * kvd; e++) {
+                uint64_t c = ((uint64_t)l << 40) + (uint64_t)j0 * kvd + e;
+                rows[e] = rng_uniform(seed, c);
+                rows[(size_t)64 * kvd + e] = rng_uniform(seed + 1, c);
+            }
+            kv_seq_store(pool, kv, l, j0, n, rows, rows + (size_t)64 * kvd);
+        }
+    kv_seq_commit(kv, ctx);
+    return ERGO_OK;
 }
 
 static int bench_text(const model *m, const opts *o, const limits_ctx *L, json_t *jpf,
                       json_t *jdc) {
     const text_config *t = &m->config.text;
     ergo_error err = {0};
-    int max_ctx = 1;
+    int max_ctx = 1, max_b = 1;
     for (int i = 0; i < o->n_pf; i++) max_ctx = o->pf[i] > max_ctx ? o->pf[i] : max_ctx;
     for (int i = 0; i < o->n_dc; i++)
         max_ctx = o->dc[i] + o->decode_steps > max_ctx ? o->dc[i] + o->decode_steps : max_ctx;
+    for (int i = 0; i < o->n_batch; i++) max_b = o->batch[i] > max_b ? o->batch[i] : max_b;
     if (!o->n_pf && !o->n_dc) return 0;
     text_state st;
-    kv_cache kv;
-    if (text_state_init(&st, t, o->chunk, &err)) return fail(&err);
-    if (kv_cache_init(&kv, t, max_ctx, &err)) {
+    kv_pool pool;
+    const kv_pool_config kc = text_kv_config(t, o->kv_dtype, 0);
+    if (text_state_init(&st, t, o->chunk > max_b ? o->chunk : max_b, &err)) return fail(&err);
+    if (kv_pool_init(&pool, &kc, &err)) {
         text_state_free(&st);
         return fail(&err);
     }
-    int32_t *ids = malloc(sizeof *ids * (size_t)max_ctx), *pos = malloc(sizeof *pos * (size_t)max_ctx);
-    float *logits = malloc(sizeof *logits * (size_t)t->vocab_size);
+    kv_seq kv[MAX_BATCH] = {{0}};
+    const size_t kvd = (size_t)t->n_kv_heads * t->head_dim;
+    int32_t *ids = malloc(sizeof *ids * (size_t)max_ctx * max_b);
+    int32_t *pos = malloc(sizeof *pos * (size_t)max_ctx * max_b);
+    float *logits = malloc(sizeof *logits * (size_t)t->vocab_size * max_b);
+    float *rows = malloc(sizeof *rows * 128 * kvd);
     int status = 0;
-    if (!ids || !pos || !logits) {
+    if (!ids || !pos || !logits || !rows) {
         fprintf(stderr, "ergo bench: out of memory\n");
         status = 1;
     }
@@ -294,8 +332,9 @@ static int bench_text(const model *m, const opts *o, const limits_ctx *L, json_t
         double ms[MAX_REPS];
         fill_ids(ids, pos, n, 0, t->vocab_size, 100 + (uint64_t)i);
         for (int r = 0; r < o->reps && !status; r++) {
+            kv_seq_release(&pool, &kv[0]);
             double t0 = now_ms();
-            status = forward_chunks(m, &st, &kv, 0, ids, pos, n, o->chunk, logits, &err);
+            status = forward_chunks(m, &st, &pool, &kv[0], ids, pos, n, o->chunk, logits, &err);
             ms[r] = now_ms() - t0;
         }
         if (status) break;
@@ -310,47 +349,61 @@ static int bench_text(const model *m, const opts *o, const limits_ctx *L, json_t
                                              jstat(s), "tokens_per_s", tps, "gflop", flops / 1e9,
                                              "fraction_of_peak", frac));
     }
-    /* Decode: the context is filled with random keys and values (what a prefill of
-     * random ids would leave, at none of its cost; decode time does not depend on
-     * the values), then decode_steps single-token steps are timed one by one. */
+    /* Decode: B sequences, each with a context of ctx random rows, then decode_steps
+     * batched steps (one token per sequence, one pass over the weights) timed one by
+     * one. Bytes per step: the weights once, plus each sequence's keys and values. */
     const double wbytes = decode_weight_bytes(m);
-    for (int i = 0; i < o->n_dc && !status; i++) {
-        int ctx = o->dc[i];
-        for (int l = 0; l < t->n_layers; l++)
-            for (int g = 0; g < t->n_kv_heads; g++)
-                for (int j = 0; j < ctx; j++) {
-                    float *kr = kv_cache_k(&kv, l, g, j), *vr = kv_cache_v(&kv, l, g, j);
-                    for (int d = 0; d < t->head_dim; d++) {
-                        uint64_t e = (((uint64_t)l * 64 + (uint64_t)g) << 32) + (uint64_t)j * 256 + (uint64_t)d;
-                        kr[d] = rng_uniform(11, e), vr[d] = rng_uniform(12, e);
-                    }
+    const double elem = (double)kv_dtype_size(o->kv_dtype);
+    double tps1[MAX_LIST] = {0};
+    for (int bi = 0; bi < o->n_batch && !status; bi++) {
+        const int B = o->batch[bi];
+        for (int i = 0; i < o->n_dc && !status; i++) {
+            int ctx = o->dc[i];
+            for (int b = 0; b < B && !status; b++) {
+                kv_seq_release(&pool, &kv[b]);
+                if (fill_context(t, &pool, &kv[b], ctx, 11 + 2 * (uint64_t)b, rows, &err)) status = 1;
+            }
+            double ms[MAX_REPS > 64 ? MAX_REPS : 64];
+            int steps = o->decode_steps;
+            for (int b = 0; b < B; b++)
+                fill_ids(ids + (size_t)b * steps, pos + (size_t)b * steps, steps, ctx,
+                         t->vocab_size, 200 + (uint64_t)i * 16 + (uint64_t)b);
+            for (int s = 0; s < steps && !status; s++) {
+                text_seq q[MAX_BATCH];
+                for (int b = 0; b < B; b++) {
+                    const int32_t *pb = pos + (size_t)b * steps + s;
+                    q[b] = (text_seq){&kv[b], {ids + (size_t)b * steps + s, {pb, pb, pb}, 1, NULL, 0,
+                                               m->config.image_token_id},
+                                      1, logits + (size_t)b * t->vocab_size, 1, 0, 0};
                 }
-        double ms[MAX_REPS > 64 ? MAX_REPS : 64];
-        int steps = o->decode_steps;
-        fill_ids(ids, pos, steps, ctx, t->vocab_size, 200 + (uint64_t)i);
-        for (int s = 0; s < steps && !status; s++) {
-            text_input in = {ids + s, {pos + s, pos + s, pos + s}, 1, NULL, 0, m->config.image_token_id};
-            double t0 = now_ms();
-            status = text_forward(m, &st, &kv, ctx + s, &in, 1, logits, &err) != ERGO_OK;
-            ms[s] = now_ms() - t0;
+                double t0 = now_ms();
+                status = text_forward_batch(m, &st, &pool, q, B, &err) != ERGO_OK;
+                ms[s] = now_ms() - t0;
+            }
+            if (status) break;
+            stat3 s = stats(ms, steps);
+            double kvbytes = B * L_ * 2.0 * (ctx + steps / 2.0) * kvd * elem;
+            double bytes = wbytes + kvbytes;
+            double tps = B * 1e3 / s.median, gbs = bytes / (s.median * 1e-3) / 1e9;
+            double frac = L->lim.bandwidth_gbs > 0 ? gbs / L->lim.bandwidth_gbs : 0;
+            if (B == 1) tps1[i] = tps;
+            const double speedup = tps1[i] > 0 ? tps / tps1[i] : 0;
+            fprintf(o->tab, "decode x%d at %5d context: %7.2f ms/step (min %.2f, max %.2f)  %7.2f tokens/s",
+                    B, ctx, s.median, s.min, s.max, tps);
+            if (B > 1 && speedup > 0) fprintf(o->tab, " (%.2fx of 1)", speedup);
+            fprintf(o->tab, "  %6.1f GB/s read  %5.1f%% of bandwidth\n", gbs, 100 * frac);
+            json_array_append_new(jdc, json_pack("{s:i, s:i, s:i, s:o, s:f, s:f, s:f, s:f, s:f, s:s}",
+                                                 "batch", B, "context", ctx, "steps", steps,
+                                                 "ms_per_step", jstat(s), "tokens_per_s", tps,
+                                                 "speedup_vs_1", speedup, "bytes_per_step", bytes,
+                                                 "gb_per_s", gbs, "fraction_of_bandwidth", frac,
+                                                 "kv_dtype", kv_dtype_name(o->kv_dtype)));
         }
-        if (status) break;
-        stat3 s = stats(ms, steps);
-        double kvbytes = L_ * 2.0 * (ctx + steps / 2.0) * t->n_kv_heads * t->head_dim * sizeof(float);
-        double bytes = wbytes + kvbytes;
-        double tps = 1e3 / s.median, gbs = bytes / (s.median * 1e-3) / 1e9;
-        double frac = L->lim.bandwidth_gbs > 0 ? gbs / L->lim.bandwidth_gbs : 0;
-        fprintf(o->tab, "decode at %5d context: %7.2f ms/token (min %.2f, max %.2f)  %7.2f tokens/s  "
-                   "%6.1f GB/s read  %5.1f%% of bandwidth\n",
-                   ctx, s.median, s.min, s.max, tps, gbs, 100 * frac);
-        json_array_append_new(jdc, json_pack("{s:i, s:i, s:o, s:f, s:f, s:f, s:f}", "context", ctx,
-                                             "steps", steps, "ms_per_token", jstat(s),
-                                             "tokens_per_s", tps, "bytes_per_token", bytes,
-                                             "gb_per_s", gbs, "fraction_of_bandwidth", frac));
     }
     if (status && err.msg[0]) fail(&err);
-    free(ids), free(pos), free(logits);
-    kv_cache_free(&kv);
+    free(ids), free(pos), free(logits), free(rows);
+    for (int b = 0; b < MAX_BATCH; b++) kv_seq_release(&pool, &kv[b]);
+    kv_pool_free(&pool);
     text_state_free(&st);
     return status;
 }
@@ -362,6 +415,8 @@ int bench_model_main(int argc, char **argv) {
     o.n_vt = 3, o.vt[0] = 640, o.vt[1] = 1280, o.vt[2] = 4471;
     o.n_pf = 2, o.pf[0] = 512, o.pf[1] = 2048;
     o.n_dc = 2, o.dc[0] = 1024, o.dc[1] = 4096;
+    o.n_batch = 1, o.batch[0] = 1;
+    ergo_error err0 = {0};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -394,6 +449,9 @@ int bench_model_main(int argc, char **argv) {
         else if (!strcmp(a, "--vision-tokens") && !parse_list(v, o.vt, &o.n_vt)) {
         } else if (!strcmp(a, "--prefill") && !parse_list(v, o.pf, &o.n_pf)) {
         } else if (!strcmp(a, "--decode") && !parse_list(v, o.dc, &o.n_dc)) {
+        } else if (!strcmp(a, "--batch") && !parse_list(v, o.batch, &o.n_batch) && o.n_batch > 0 &&
+                   list_max(o.batch, o.n_batch) <= MAX_BATCH) {
+        } else if (!strcmp(a, "--kv-dtype") && !kv_dtype_parse(v, &o.kv_dtype, &err0)) {
         } else {
             fprintf(stderr, "ergo bench: bad option or value: %s %s\n", a, v);
             return 2;

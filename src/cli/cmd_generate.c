@@ -173,6 +173,8 @@ typedef struct run {
     vision_state vs;
     int vs_ready;
     text_state st;
+    kv_pool pool;
+    int pool_ready;
     session s;
     tok_ids ids;
     float *logits;          /* (V) */
@@ -184,6 +186,7 @@ static void run_free(run *r, int n_images) {
     free(r->logits);
     tok_ids_free(&r->ids);
     session_free(&r->s);
+    if (r->pool_ready) kv_pool_free(&r->pool);
     text_state_free(&r->st);
     if (r->vs_ready) vision_state_free(&r->vs);
     free(r->vision);
@@ -317,7 +320,12 @@ int cmd_generate(int argc, char **argv) {
     /* prefill */
     const int V = s ? 0 : cfg->text.vocab_size;
     if (!s) s = text_state_init(&r->st, &cfg->text, PREFILL_CHUNK, &err);
-    if (!s) s = session_init(&r->s, &r->m, cfg->text.max_position_embeddings, &err);
+    if (!s) {
+        const kv_pool_config kc = text_kv_config(&cfg->text, KV_F32, 0);
+        s = kv_pool_init(&r->pool, &kc, &err);
+        r->pool_ready = !s;
+    }
+    if (!s) s = session_init(&r->s, &r->m, &r->pool, cfg->text.max_position_embeddings, &err);
     if (!s && !(r->logits = malloc(sizeof *r->logits * (size_t)V)))
         s = ergo_fail(&err, ERGO_E_NOMEM, "out of memory");
     if (!s) {

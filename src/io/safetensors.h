@@ -74,9 +74,6 @@ typedef struct tensor {
     const void *data;        /* nbytes bytes; NULL when nbytes == 0 */
     size_t nbytes;
     size_t offset;           /* begin offset inside the file's data region */
-    /* A block-quantised copy the forward pass uses instead of `data` (set by
-     * model_quantize for --weights q8/q4; NULL when the weight is used as stored). */
-    const struct qmatrix *quant;
 } tensor;
 
 typedef struct st_metadata_entry {

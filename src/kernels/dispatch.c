@@ -12,21 +12,47 @@
 kernel_table kern = {ISA_REF, dot_f32_ref, bf16_to_f32_ref, f16_to_f32_ref, dot_wt_ref,
                      matmul_block_ref};
 
-/* clang 14's __builtin_cpu_supports does not know "f16c": ask CPUID leaf 1 (ECX bit 29). */
-static int cpu_has_f16c(void) {
+static int leaf7(int reg, unsigned bit, unsigned subleaf) {
+    unsigned r[4];
+    if (!__get_cpuid_count(7, subleaf, &r[0], &r[1], &r[2], &r[3])) return 0;
+    return (r[reg] & bit) != 0;
+}
+
+static cpu_features detect(void) {
+    cpu_features f = {0};
     unsigned a, b, c, d;
-    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    __builtin_cpu_init();
+    f.avx2 = __builtin_cpu_supports("avx2");
+    f.fma = __builtin_cpu_supports("fma");
+    f.f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C); /* CPUID.1:ECX bit 29 */
+    f.avx512f = __builtin_cpu_supports("avx512f");
+    f.avx512bw = __builtin_cpu_supports("avx512bw");
+    f.avx512vl = __builtin_cpu_supports("avx512vl");
+    /* CPUID.(7,0):ECX bit 11 = AVX512_VNNI; CPUID.(7,1):EAX bit 5 = AVX512_BF16;
+     * CPUID.(7,0):EDX bits 22, 24, 25 = AMX-BF16, AMX-TILE, AMX-INT8 */
+    f.avx512vnni = f.avx512f && leaf7(2, 1u << 11, 0);
+    f.avx512bf16 = f.avx512f && leaf7(0, 1u << 5, 1);
+    f.amx_bf16 = leaf7(3, 1u << 22, 0);
+    f.amx_tile = leaf7(3, 1u << 24, 0);
+    f.amx_int8 = leaf7(3, 1u << 25, 0);
+    return f;
+}
+
+const cpu_features *cpu_features_get(void) {
+    static cpu_features f;
+    static int done;
+#pragma omp critical(ergo_cpu_features)
+    if (!done) {
+        f = detect();
+        done = 1;
+    }
+    return &f;
 }
 
 cpu_isa cpu_best_isa(void) {
-    __builtin_cpu_init();
-    /* libgcc's detection also checks XCR0, i.e. that the OS saves the wide registers. */
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl"))
-        return ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        cpu_has_f16c())
-        return ISA_AVX2;
+    const cpu_features *f = cpu_features_get();
+    if (f->avx512f && f->avx512bw && f->avx512vl) return ISA_AVX512;
+    if (f->avx2 && f->fma && f->f16c) return ISA_AVX2;
     return ISA_REF;
 }
 

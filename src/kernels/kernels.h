@@ -42,6 +42,23 @@ static inline float kdtype_at(const void *w, kdtype wt, size_t i) {
     return ((const float *)w)[i];
 }
 
+/* A weight as the kernels read it, bound once at load (model/weights.c) and shared
+ * read-only: what every op that reads a parameter takes, instead of a pointer and a
+ * dtype at each call. A linear layer's weight is (rows, cols) = (out, in) as
+ * nn.Linear stores it (a Conv3d patch embed flattened to (out, C*T*P*P)); a vector
+ * (norm weight, bias) is (1, n). With a block-quantised twin (kernels/quant.h, set
+ * by model_quantize) the products read the twin and `data` may be NULL (released). */
+struct qmatrix;
+typedef struct kweight {
+    kdtype dt;                 /* element type of data */
+    const void *data;          /* (rows, cols) row-major, or NULL once released */
+    int rows, cols;
+    const struct qmatrix *q;   /* the twin the products use, or NULL */
+} kweight;
+
+/* Element i of a vector weight (a bias, a norm's weight) as f32. */
+static inline float kweight_at(const kweight *w, size_t i) { return kdtype_at(w->data, w->dt, i); }
+
 typedef struct kernel_table {
     cpu_isa isa;
     /* sum_i a[i]*b[i] over n floats */
@@ -82,15 +99,43 @@ void matmul_wt_ref(float *y, const float *x, const void *w, kdtype wt, const voi
  * run it for every ISA). Bit-identical to one t->dot_wt per element. */
 void matmul_wt_blocked(const kernel_table *t, float *y, const float *x, const void *w, kdtype wt,
                        const void *bias, kdtype bt, int n, int k, int m);
-void rmsnorm(float *y, const float *x, const void *w, kdtype wt, int n, int d, float eps);
+void rmsnorm(float *y, const float *x, const kweight *w, int n, int d, float eps);
 void silu_mul(float *g, const float *u, size_t n);
 void gelu_erf(float *x, size_t n);
 void softmax(float *x, size_t n);
 void add_inplace(float *y, const float *x, size_t n);
 /* out (n) = f32 of n elements of a weight row starting at element `offset`. */
 void load_row_f32(float *out, const void *w, kdtype wt, size_t offset, size_t n);
+/* out (cols) = row `row` of w as f32 (an embedding lookup). */
+void kweight_row_f32(float *out, const kweight *w, int row);
 
-/* The best ISA this CPU and OS support (XCR0 checked by the compiler's detection). */
+/* linear_forward: y (n, w->rows) = x (n, w->cols) @ W^T (+ b), nn.Linear on f32 rows
+ * whatever form the weight is held in: its quantised twin when it has one
+ * (matmul_q), else as stored (matmul_wt). b (1, rows) or NULL, used as stored. */
+void linear_forward(float *y, const float *x, const kweight *w, const kweight *b, int n);
+/* The same with the path of a quantised weight named: LINEAR_INT8 quantises every row
+ * of x to int8 (matmul_q_int8: what decode uses, weights read once for all rows),
+ * LINEAR_PANELS keeps x f32 against dequantised panels (matmul_q_panels: prefill,
+ * vision), LINEAR_AUTO lets n decide (matmul_q). Weights used as stored ignore it
+ * (one path, whose elements do not depend on n). */
+typedef enum linear_path { LINEAR_AUTO = 0, LINEAR_INT8, LINEAR_PANELS } linear_path;
+void linear_forward_path(float *y, const float *x, const kweight *w, const kweight *b, int n,
+                         linear_path path);
+
+/* What this CPU and OS support, detected once (the one detection every kernel table,
+ * the probe and `ergo --version` read): libgcc's __builtin_cpu_supports for the
+ * vector extensions (it checks XCR0, i.e. that the OS saves the wide registers),
+ * CPUID leaf 7 for the rest (clang 14's builtin does not know f16c or the AMX bits). */
+typedef struct cpu_features {
+    int avx2, fma, f16c;              /* the AVX2 kernels need all three */
+    int avx512f, avx512bw, avx512vl;  /* the AVX-512 kernels */
+    int avx512vnni;                   /* vpdpbusd: the q8/q4 matrix-vector kernels */
+    int avx512bf16;                   /* vdpbf16ps */
+    int amx_tile, amx_bf16, amx_int8; /* AMX (the OS must also grant tile data: Linux asks) */
+} cpu_features;
+const cpu_features *cpu_features_get(void);
+
+/* The best ISA this CPU and OS support. */
 cpu_isa cpu_best_isa(void);
 const char *cpu_isa_name(cpu_isa isa);
 

@@ -14,6 +14,7 @@
 
 #include "base/half.h"
 #include "kernels.h"
+#include "quant.h"
 
 /* ---- dot products of an f32 vector with a weight row in its stored type ---- */
 
@@ -123,7 +124,8 @@ void matmul_wt(float *y, const float *x, const void *w, kdtype wt, const void *b
  * whichever thread does it. */
 #define OPS_PARALLEL_MIN 32768
 
-void rmsnorm(float *y, const float *x, const void *w, kdtype wt, int n, int d, float eps) {
+void rmsnorm(float *y, const float *x, const kweight *w, int n, int d, float eps) {
+    ERGO_ASSERT(w->cols == d && w->data);
 #pragma omp parallel for schedule(static) if ((size_t)n * (size_t)d >= OPS_PARALLEL_MIN && n > 1)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * d;
@@ -132,7 +134,7 @@ void rmsnorm(float *y, const float *x, const void *w, kdtype wt, int n, int d, f
         for (int t = 0; t < d; t++) ss += (double)xi[t] * (double)xi[t];
         /* Qwen2RMSNorm: x * rsqrt(mean(x^2) + eps), in f32, then times the weight */
         float inv = 1.0f / sqrtf((float)(ss / d) + eps);
-        for (int t = 0; t < d; t++) yi[t] = kdtype_at(w, wt, (size_t)t) * (xi[t] * inv);
+        for (int t = 0; t < d; t++) yi[t] = kweight_at(w, (size_t)t) * (xi[t] * inv);
     }
 }
 
@@ -172,4 +174,28 @@ void load_row_f32(float *out, const void *w, kdtype wt, size_t offset, size_t n)
     case KDT_BF16: kern.bf16_to_f32(out, (const uint16_t *)w + offset, n); break;
     case KDT_F16: kern.f16_to_f32(out, (const uint16_t *)w + offset, n); break;
     }
+}
+
+void kweight_row_f32(float *out, const kweight *w, int row) {
+    load_row_f32(out, w->data, w->dt, (size_t)row * (size_t)w->cols, (size_t)w->cols);
+}
+
+void linear_forward_path(float *y, const float *x, const kweight *w, const kweight *b, int n,
+                         linear_path path) {
+    const void *bias = b ? b->data : NULL;
+    const kdtype bt = b ? b->dt : KDT_F32;
+    if (!w->q) {
+        matmul_wt(y, x, w->data, w->dt, bias, bt, n, w->cols, w->rows);
+        return;
+    }
+    ERGO_ASSERT(w->q->rows == w->rows && w->q->cols == w->cols);
+    switch (path) {
+    case LINEAR_INT8: matmul_q_int8(y, x, w->q, bias, bt, n); break;
+    case LINEAR_PANELS: matmul_q_panels(y, x, w->q, bias, bt, n); break;
+    case LINEAR_AUTO: matmul_q(y, x, w->q, bias, bt, n); break;
+    }
+}
+
+void linear_forward(float *y, const float *x, const kweight *w, const kweight *b, int n) {
+    linear_forward_path(y, x, w, b, n, LINEAR_AUTO);
 }

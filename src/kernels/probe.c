@@ -5,6 +5,7 @@
  * has the instruction (checked at run time), like every kernel.
  */
 #include "probe.h"
+#include "kernels.h"
 
 #include <cpuid.h>
 #include <immintrin.h>
@@ -136,23 +137,13 @@ static double sum_plain(const float *p, size_t n) {
     return (double)(s0 + s1 + s2 + s3);
 }
 
-static int cpu_has(int leaf7_reg, unsigned bit, int subleaf) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, (unsigned)subleaf, &a, &b, &c, &d)) return 0;
-    unsigned v = leaf7_reg == 0 ? a : leaf7_reg == 1 ? b : leaf7_reg == 2 ? c : d;
-    return (v & bit) != 0;
-}
-
 int probe_run(probe_limits *lim, int threads, double seconds) {
     memset(lim, 0, sizeof *lim);
     if (threads < 1) threads = 1;
     lim->threads = threads;
-    __builtin_cpu_init();
-    const int avx512 = __builtin_cpu_supports("avx512f");
-    const int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    /* CPUID.(7,1):EAX bit 5 = AVX512_BF16; CPUID.(7,0):ECX bit 11 = AVX512_VNNI */
-    const int bf16 = avx512 && cpu_has(0, 1u << 5, 1);
-    const int vnni = avx512 && cpu_has(2, 1u << 11, 0);
+    const cpu_features *f = cpu_features_get();
+    const int avx512 = f->avx512f, avx2 = f->avx2 && f->fma;
+    const int bf16 = f->avx512bf16, vnni = f->avx512vnni;
     double part = seconds / 5;
     if (avx512) lim->fma_avx512_gflops = rate(loop_fma512, threads, part) * CHAINS * 32 / 1e9;
     if (avx2) lim->fma_avx2_gflops = rate(loop_fma256, threads, part) * CHAINS * 16 / 1e9;

@@ -236,10 +236,7 @@ void matvec_q_ref(float *y, const qmatrix *qm, const qact *qa, int j0, int j1) {
 
 void quant_kernels_for(quant_kernels *t, cpu_isa isa) {
     /* AVX-512 F/BW/VL without VNNI (Skylake-X) has no vpdpbusd: use the AVX2 code. */
-    if (isa == ISA_AVX512) {
-        __builtin_cpu_init();
-        if (!__builtin_cpu_supports("avx512vnni")) isa = ISA_AVX2;
-    }
+    if (isa == ISA_AVX512 && !cpu_features_get()->avx512vnni) isa = ISA_AVX2;
     switch (isa) {
     case ISA_AVX512:
         t->act = quant_act_avx512;
@@ -312,7 +309,7 @@ static void matmul_q_rows(float *y, const float *x, const qmatrix *qm, const voi
     }
 }
 
-static void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bias,
+void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bias,
                             kdtype bt, int n) {
     const int k = qm->cols, m = qm->rows;
     int nb = PANEL_FLOATS / k;
@@ -354,4 +351,11 @@ void matmul_q(float *y, const float *x, const qmatrix *qm, const void *bias, kdt
     if (n <= 0) return;
     if (n < MATMUL_BLOCKED_MIN_N) matmul_q_rows(y, x, qm, bias, bt, n);
     else matmul_q_panels(y, x, qm, bias, bt, n);
+}
+
+/* INTERIM (replaced by the multi-row kernel): one row at a time. */
+void matmul_q_int8(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
+                   int n) {
+    for (int i = 0; i < n; i++)
+        matmul_q_rows(y + (size_t)i * qm->rows, x + (size_t)i * qm->cols, qm, bias, bt, 1);
 }

@@ -127,5 +127,9 @@ extern quant_kernels qkern;
  * concurrent callers do not share it. Results do not depend on the thread count. */
 #define QUANT_MAX_COLS 32768
 void matmul_q(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt, int n);
+void matmul_q_int8(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
+                   int n);
+void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
+                     int n);
 
 #endif

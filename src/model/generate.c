@@ -41,77 +41,157 @@ void generate_result_free(generate_result *r) {
     memset(r, 0, sizeof *r);
 }
 
+ergo_status gen_request_init(gen_request *g, session *s, const tokenizer *tok,
+                             const generate_params *p, float *logits, generate_text_fn on_text,
+                             void *ctx, generate_result *out, ergo_error *err) {
+    memset(g, 0, sizeof *g);
+    if (p->max_new_tokens < 0)
+        return ergo_fail(err, ERGO_E_ARG, "max new tokens must be >= 0 (got %d)",
+                         p->max_new_tokens);
+    ergo_status r = sampler_init(&g->sp, &p->sampling, s->m->config.text.vocab_size, err);
+    if (r) return r;
+    g->s = s;
+    g->tok = tok;
+    g->p = *p;
+    g->logits = logits;
+    g->on_text = on_text;
+    g->ctx = ctx;
+    g->out = out;
+    tokenizer_stream_init(&g->shown, tok, 1);
+    tokenizer_stream_init(&g->raw, tok, 0);
+    g->t0 = now_ms();
+    out->reason = STOP_NONE;
+    return ERGO_OK;
+}
+
+void gen_request_finish(gen_request *g) {
+    if (g->finalized) return;
+    g->finalized = 1;
+    if (g->status == ERGO_OK) {
+        g->piece.n = 0;
+        g->status = tokenizer_stream_finish(&g->shown, &g->piece, &g->err);
+        if (!g->status && g->piece.n) {
+            g->status = tok_text_append(&g->out->text, g->piece.s, g->piece.n, &g->err);
+            if (!g->status && g->on_text) g->on_text(g->ctx, g->piece.s, g->piece.n);
+        }
+    }
+    if (g->out->reason == STOP_NONE && g->status == ERGO_OK) g->out->reason = STOP_CALLER;
+    g->out->decode_ms = now_ms() - g->t0;
+    tok_text_free(&g->piece);
+    tok_text_free(&g->all_raw);
+    sampler_free(&g->sp);
+}
+
+static void finish_with(gen_request *g, stop_reason why) {
+    g->out->reason = why;
+    g->finished = 1;
+}
+
+static void fail_with(gen_request *g, ergo_status s, const ergo_error *e) {
+    g->status = s;
+    if (e != &g->err) g->err = *e;
+    g->finished = 1;
+}
+
+/* Chooses, streams and checks one token of g: what one turn of
+ * GenerationMixin._sample's loop does before the forward. Leaves g->next to append
+ * unless g finished. */
+static void choose_token(gen_request *g) {
+    const generate_params *p = &g->p;
+    session *s = g->s;
+    if (g->step == p->max_new_tokens) return finish_with(g, STOP_LENGTH);
+    /* logits processors + choice, over every token of the sequence so far */
+    const int32_t next = sampler_next(&g->sp, g->logits, s->tokens, (size_t)s->n_cached);
+    ergo_status r = tok_ids_push(&g->out->tokens, next, &g->err);
+    if (r) return fail_with(g, r, &g->err);
+    g->step++;
+    /* stream the text this token completes; ids past the tokenizer's vocabulary
+     * (the embedding is padded to 152064, the tokenizer has 151665) have no text:
+     * the reference's decode drops them */
+    size_t text_len;
+    const int known =
+        next < tokenizer_n_ids(g->tok) && tokenizer_token_text(g->tok, next, &text_len);
+    g->piece.n = 0;
+    if (known && (r = tokenizer_stream_push(&g->shown, next, &g->piece, &g->err)))
+        return fail_with(g, r, &g->err);
+    if (g->piece.n) {
+        if ((r = tok_text_append(&g->out->text, g->piece.s, g->piece.n, &g->err)))
+            return fail_with(g, r, &g->err);
+        if (g->on_text && g->on_text(g->ctx, g->piece.s, g->piece.n))
+            return finish_with(g, STOP_CALLER);
+    }
+    /* stopping criteria: eos ids, stop strings, length, context */
+    for (int k = 0; k < p->n_stop_ids; k++)
+        if (next == p->stop_ids[k]) return finish_with(g, STOP_EOS);
+    if (p->n_stop_strings && known) {
+        const size_t prev = g->all_raw.n;
+        if ((r = tokenizer_stream_push(&g->raw, next, &g->all_raw, &g->err)))
+            return fail_with(g, r, &g->err);
+        if (g->all_raw.n > prev && generate_stop_string_hit(g->all_raw.s, g->all_raw.n, prev,
+                                                            p->stop_strings, p->n_stop_strings))
+            return finish_with(g, STOP_STRING);
+    }
+    if (g->step == p->max_new_tokens) return finish_with(g, STOP_LENGTH);
+    if (s->n_cached >= s->max_context) return finish_with(g, STOP_CONTEXT);
+    g->next = next;
+}
+
+/* One batched forward appending each fed request's token; failures finish them. */
+static void feed(gen_request *const *fed, text_seq *seqs, int n_fed, text_state *st) {
+    if (!n_fed) return;
+    ergo_error ferr = {0};
+    const ergo_status r = text_forward_batch(fed[0]->s->m, st, fed[0]->s->pool, seqs, n_fed, &ferr);
+    for (int k = 0; k < n_fed; k++) {
+        if (r) {
+            session_abort(fed[k]->s);
+            fail_with(fed[k], r, &ferr);
+        } else {
+            session_commit(fed[k]->s);
+        }
+    }
+}
+
+ergo_status generate_step(gen_request *const *reqs, int n, text_state *st, int *n_running,
+                          ergo_error *err) {
+    if (n < 0 || (n && !reqs)) return ergo_fail(err, ERGO_E_ARG, "generate_step: no requests");
+    text_seq seqs[GEN_STEP_MAX];
+    gen_request *fed[GEN_STEP_MAX];
+    for (int i0 = 0; i0 < n; i0 += GEN_STEP_MAX) {
+        const int i1 = i0 + GEN_STEP_MAX < n ? i0 + GEN_STEP_MAX : n;
+        int n_fed = 0;
+        for (int i = i0; i < i1; i++) {
+            gen_request *g = reqs[i];
+            if (g->finished) continue;
+            choose_token(g);
+            if (g->finished) continue;
+            ergo_status r = session_prepare(g->s, &g->next, 1, NULL, 0, NULL, g->logits,
+                                            &seqs[n_fed], &g->err);
+            if (r) fail_with(g, r, &g->err);
+            else fed[n_fed++] = g;
+        }
+        /* feed the tokens back: their logits choose the next ones */
+        feed(fed, seqs, n_fed, st);
+    }
+    int running = 0;
+    for (int i = 0; i < n; i++) running += !reqs[i]->finished;
+    *n_running = running;
+    return ERGO_OK;
+}
+
 ergo_status generate_run(session *s, text_state *st, const tokenizer *tok,
                          const generate_params *p, float *logits, generate_text_fn on_text,
                          void *ctx, generate_result *out, ergo_error *err) {
-    const int V = s->m->config.text.vocab_size;
-    sampler sp;
-    ergo_status r = sampler_init(&sp, &p->sampling, V, err);
+    gen_request g;
+    ergo_status r = gen_request_init(&g, s, tok, p, logits, on_text, ctx, out, err);
     if (r) return r;
-    if (p->max_new_tokens < 0) {
-        sampler_free(&sp);
-        return ergo_fail(err, ERGO_E_ARG, "max new tokens must be >= 0 (got %d)",
-                         p->max_new_tokens);
+    gen_request *set[1] = {&g};
+    int running = 1;
+    while (running && !(r = generate_step(set, 1, st, &running, err))) {
     }
-    tokenizer_stream shown, raw; /* what is printed; what stop strings see */
-    tokenizer_stream_init(&shown, tok, 1);
-    tokenizer_stream_init(&raw, tok, 0);
-    tok_text piece = {0}, all_raw = {0};
-    double t0 = now_ms();
-    out->reason = STOP_NONE;
-    for (int step = 0; out->reason == STOP_NONE; step++) {
-        if (step == p->max_new_tokens) {
-            out->reason = STOP_LENGTH;
-            break;
-        }
-        /* logits processors + choice, over every token of the sequence so far */
-        int32_t next = sampler_next(&sp, logits, s->tokens, (size_t)s->n_cached);
-        if ((r = tok_ids_push(&out->tokens, next, err))) break;
-        /* stream the text this token completes; ids past the tokenizer's vocabulary
-         * (the embedding is padded to 152064, the tokenizer has 151665) have no text:
-         * the reference's decode drops them */
-        size_t text_len;
-        const int known = next < tokenizer_n_ids(tok) && tokenizer_token_text(tok, next, &text_len);
-        piece.n = 0;
-        if (known && (r = tokenizer_stream_push(&shown, next, &piece, err))) break;
-        if (piece.n) {
-            if ((r = tok_text_append(&out->text, piece.s, piece.n, err))) break;
-            if (on_text && on_text(ctx, piece.s, piece.n)) out->reason = STOP_CALLER;
-        }
-        /* stopping criteria: eos ids, stop strings, length, context */
-        for (int k = 0; k < p->n_stop_ids; k++)
-            if (next == p->stop_ids[k]) out->reason = STOP_EOS;
-        if (p->n_stop_strings && out->reason == STOP_NONE && known) {
-            size_t prev = all_raw.n;
-            if ((r = tokenizer_stream_push(&raw, next, &all_raw, err))) break;
-            if (all_raw.n > prev &&
-                generate_stop_string_hit(all_raw.s, all_raw.n, prev, p->stop_strings,
-                                         p->n_stop_strings))
-                out->reason = STOP_STRING;
-        }
-        if (out->reason != STOP_NONE) break;
-        if (step + 1 == p->max_new_tokens) {
-            out->reason = STOP_LENGTH;
-            break;
-        }
-        if (s->n_cached >= s->max_context) {
-            out->reason = STOP_CONTEXT;
-            break;
-        }
-        /* feed the token back: its logits choose the next one */
-        if ((r = session_append(s, st, &next, 1, NULL, 0, NULL, logits, err))) break;
+    gen_request_finish(&g);
+    if (!r && g.status) {
+        r = g.status;
+        *err = g.err;
     }
-    if (!r) {
-        piece.n = 0;
-        r = tokenizer_stream_finish(&shown, &piece, err);
-        if (!r && piece.n) {
-            r = tok_text_append(&out->text, piece.s, piece.n, err);
-            if (!r && on_text) on_text(ctx, piece.s, piece.n);
-        }
-    }
-    out->decode_ms = now_ms() - t0;
-    tok_text_free(&piece);
-    tok_text_free(&all_raw);
-    sampler_free(&sp);
     return r;
 }

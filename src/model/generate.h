@@ -13,10 +13,22 @@
  * skipped, as processor.batch_decode(skip_special_tokens=True) prints it. Stop
  * strings are matched on the decoded text with special tokens kept.
  *
+ * Batch first: a gen_request is one sequence being generated; generate_step advances
+ * a set of them by one token each (choose, stream, check stops) and appends the
+ * tokens of those that go on in ONE batched forward (text_forward_batch: the weights
+ * are read once for all of them). Each request's tokens are exactly what it gives
+ * alone. generate_run is the single-request loop on top.
+ *
  *   generate_params gp = {sampling, 1024, eos, n_eos, NULL, 0};
  *   generate_result r = {0};
  *   generate_run(&sess, &st, tok, &gp, logits, print_piece, NULL, &r, &err);
  *   generate_result_free(&r);
+ *
+ *   gen_request g[B];  gen_request *set[B];   // B sessions prefilled, logits[b] each
+ *   for b: gen_request_init(&g[b], &sess[b], tok, &gp, logits[b], NULL, NULL, &res[b], &err);
+ *   int running = B;
+ *   while (running) generate_step(set, B, &st, &running, &err);
+ *   for b: gen_request_finish(&g[b]);   // then g[b].status, res[b]
  */
 #ifndef ERGO_GENERATE_H
 #define ERGO_GENERATE_H
@@ -58,6 +70,46 @@ typedef struct generate_result {
     stop_reason reason;
     double decode_ms;  /* time spent choosing tokens and running them (excludes prefill) */
 } generate_result;
+
+/* Requests per batched forward of generate_step (more run in groups of this many). */
+#define GEN_STEP_MAX 64
+
+/* One sequence being generated (fields below `out` are the loop's own). */
+typedef struct gen_request {
+    session *s;
+    const tokenizer *tok;
+    generate_params p;          /* copied; the strings and ids it points to must live on */
+    float *logits;              /* (V) the last piece's logits; overwritten by each step */
+    generate_text_fn on_text;   /* may be NULL */
+    void *ctx;
+    generate_result *out;       /* zeroed by the caller; filled as tokens come */
+    ergo_status status;         /* ERGO_OK, or why this request stopped failing */
+    ergo_error err;
+    int finished;               /* out->reason is set (or status failed) */
+    int step;                   /* tokens chosen so far */
+    int32_t next;               /* the token the next forward appends */
+    sampler sp;
+    tokenizer_stream shown, raw; /* what is printed; what stop strings see */
+    tok_text piece, all_raw;
+    double t0;
+    int finalized;
+} gen_request;
+
+/* Sets up one request on a session whose last appended piece gave `logits`. */
+ergo_status gen_request_init(gen_request *g, session *s, const tokenizer *tok,
+                             const generate_params *p, float *logits, generate_text_fn on_text,
+                             void *ctx, generate_result *out, ergo_error *err);
+/* Flushes the text streams into out, sets decode_ms, releases the loop's state
+ * (call once per request, finished or not; a request cut short gets STOP_CALLER). */
+void gen_request_finish(gen_request *g);
+
+/* One token for every unfinished request of reqs (n of them), then one batched
+ * forward for those that continue. *n_running = requests still unfinished. A failure
+ * of one request (its callback, tokenizer) finishes it with its status; a failed
+ * forward finishes every request it carried with that error. Returns ERGO_OK
+ * unless the call itself is wrong. */
+ergo_status generate_step(gen_request *const *reqs, int n, text_state *st, int *n_running,
+                          ergo_error *err);
 
 /* Generates from a session whose last appended piece gave `logits` (V floats; used
  * as scratch, overwritten). Appends each chosen token that does not stop the run

@@ -37,7 +37,7 @@ typedef struct model_quant {
     quant_format format; /* of the linear layers (the head may be finer, see twin_format) */
     int n;
     qmatrix *mats;     /* n twins */
-    tensor **slots;    /* the tensor each twin belongs to */
+    weight **slots;    /* the weight each twin belongs to */
     quant_format *formats; /* each twin's format */
     mapped_file cache; /* the cache file the twins point into, when mapped */
 } model_quant;
@@ -83,7 +83,7 @@ static void fingerprint(uint8_t out[SHA256_DIGEST_SIZE], const model_quant *mq) 
     uint32_t fmt = (uint32_t)mq->format;
     sha256_update(&ctx, sizeof fmt, (const uint8_t *)&fmt);
     for (int i = 0; i < mq->n; i++) {
-        const tensor *t = mq->slots[i];
+        const tensor *t = &mq->slots[i]->t;
         const uint8_t *d = t->data;
         sha256_update(&ctx, strlen(t->name) + 1, (const uint8_t *)t->name);
         int64_t dims[4] = {t->shape[0], t->shape[1], (int64_t)t->dtype, (int64_t)mq->formats[i]};
@@ -112,7 +112,7 @@ static size_t cache_layout(twin_place *pl, const model_quant *mq, size_t *data_o
     *data_offset = align_up(CACHE_FIXED + (size_t)CACHE_ENTRY * (size_t)mq->n, 4096);
     size_t at = *data_offset;
     for (int i = 0; i < mq->n; i++) {
-        const tensor *t = mq->slots[i];
+        const tensor *t = &mq->slots[i]->t;
         const int rows = (int)t->shape[0], cols = (int)t->shape[1];
         pl[i].q_off = at;
         pl[i].q_bytes = (size_t)rows * quant_row_bytes(mq->formats[i], cols);
@@ -162,14 +162,14 @@ static int cache_try_map(model_quant *mq, const char *path, const uint8_t fp[32]
     else if (size != want) why = "truncated or extended";
     for (int i = 0; !why && i < mq->n; i++) {
         const uint8_t *e8 = d + CACHE_FIXED + (size_t)CACHE_ENTRY * i;
-        if ((int32_t)rd32(e8) != (int32_t)mq->slots[i]->shape[0] ||
-            (int32_t)rd32(e8 + 4) != (int32_t)mq->slots[i]->shape[1] ||
+        if ((int32_t)rd32(e8) != (int32_t)mq->slots[i]->t.shape[0] ||
+            (int32_t)rd32(e8 + 4) != (int32_t)mq->slots[i]->t.shape[1] ||
             rd32(e8 + 8) != (uint32_t)mq->formats[i] || rd64(e8 + 16) != pl[i].q_off ||
             rd64(e8 + 24) != pl[i].s_off)
             why = "its table does not match this model";
     }
     for (int i = 0; !why && i < mq->n; i++) {
-        const tensor *t = mq->slots[i];
+        const tensor *t = &mq->slots[i]->t;
         const float *sc = (const float *)(d + pl[i].s_off);
         const size_t ns = pl[i].s_bytes / sizeof(float);
         for (size_t k = 0; k < ns; k++)
@@ -277,7 +277,7 @@ static void release_pages(const tensor *t) {
 static ergo_status quantise_all(model_quant *mq, int release, const void *keep,
                                 ergo_error *err) {
     for (int i = 0; i < mq->n; i++) {
-        const tensor *t = mq->slots[i];
+        const tensor *t = &mq->slots[i]->t;
         const int rows = (int)t->shape[0], cols = (int)t->shape[1];
         if (cols > QUANT_MAX_COLS)
             return ergo_fail(err, ERGO_E_UNSUPPORTED,
@@ -297,8 +297,8 @@ static ergo_status quantise_all(model_quant *mq, int release, const void *keep,
 void model_quant_enable(model *m, int on) {
     model_quant *mq = m->quant;
     for (int i = 0; mq && i < mq->n; i++) {
-        ERGO_ASSERT(mq->slots[i]->data || on);
-        mq->slots[i]->quant = on ? &mq->mats[i] : NULL;
+        ERGO_ASSERT(mq->slots[i]->k.data || on);
+        mq->slots[i]->k.q = on ? &mq->mats[i] : NULL;
     }
 }
 
@@ -306,7 +306,7 @@ void model_quant_free(model *m) {
     model_quant *mq = m->quant;
     if (!mq) return;
     for (int i = 0; i < mq->n; i++) {
-        if (mq->slots && mq->slots[i]) mq->slots[i]->quant = NULL;
+        if (mq->slots && mq->slots[i]) mq->slots[i]->k.q = NULL;
         if (mq->mats) quant_free(&mq->mats[i]);
     }
     file_unmap(&mq->cache);
@@ -337,9 +337,9 @@ ergo_status model_quantize(model *m, const quantize_opts *opts, quantize_report 
         return s;
     }
     for (int i = 0; i < mq->n; i++)
-        if (!mq->slots[i]->data) {
+        if (!mq->slots[i]->t.data) {
             model_quant_free(m);
-            return ergo_fail(err, ERGO_E_ARG, "quantize: %s has no data", mq->slots[i]->name);
+            return ergo_fail(err, ERGO_E_ARG, "quantize: %s has no data", mq->slots[i]->t.name);
         }
     uint8_t fp[SHA256_DIGEST_SIZE];
     fingerprint(fp, mq);
@@ -348,7 +348,7 @@ ergo_status model_quantize(model *m, const quantize_opts *opts, quantize_report 
                                         sizeof rep->cache_note);
     if (!rep->from_cache) {
         /* the cache file is written from the twins, so sources can go early */
-        if ((s = quantise_all(mq, opts->release_source, m->weights.text.embed.data, err))) {
+        if ((s = quantise_all(mq, opts->release_source, m->weights.text.embed.t.data, err))) {
             model_quant_free(m);
             return s;
         }
@@ -358,16 +358,17 @@ ergo_status model_quantize(model *m, const quantize_opts *opts, quantize_report 
             if (!rep->cache_written) snprintf(rep->cache_note, sizeof rep->cache_note, "%s", note);
         }
     }
-    const tensor *embed = &m->weights.text.embed;
+    const tensor *embed = &m->weights.text.embed.t;
     for (int i = 0; i < mq->n; i++) {
-        tensor *t = mq->slots[i];
-        rep->source_bytes += t->nbytes;
+        weight *w = mq->slots[i];
+        rep->source_bytes += w->t.nbytes;
         rep->quant_bytes += quant_matrix_bytes(mq->formats[i], mq->mats[i].rows, mq->mats[i].cols);
-        t->quant = &mq->mats[i];
+        w->k.q = &mq->mats[i];
         /* a tied head shares the embedding's bytes, which lookups still read */
-        if (opts->release_source && t->data != embed->data) {
-            if (rep->from_cache) release_pages(t);
-            t->data = NULL;
+        if (opts->release_source && w->t.data != embed->data) {
+            if (rep->from_cache) release_pages(&w->t);
+            w->t.data = NULL;
+            w->k.data = NULL;
         }
     }
     rep->n_tensors = mq->n;

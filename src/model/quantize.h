@@ -7,7 +7,7 @@
  * asked; the lm_head one step finer (as stored with q8, q8 with q4), because its
  * rounding alone caused most top-1 flips on the 7B-width fixture. Kept as stored: the embedding table (a row lookup, not a product), the patch
  * embed (the first layer sees raw pixels; 0.3% of the encoder's FLOPs), biases and
- * norms. Each quantised tensor's `quant` points at its twin; linear_forward uses it.
+ * norms. Each quantised weight's kernel view (`.k.q`) points at its twin; linear_forward uses it.
  *
  * The cache file (see quant_cache_* in quantize.c for the layout) holds the twins'
  * bytes so the next load maps them instead of quantising: it is keyed by the

@@ -11,9 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* First KV capacity; it doubles as the conversation grows. */
-#define SESSION_MIN_ROWS 256
-
 static ergo_status grow_history(session *s, int need, ergo_error *err) {
     if (need <= s->hist_cap) return ERGO_OK;
     int cap = s->hist_cap ? s->hist_cap : 256;
@@ -44,27 +41,24 @@ static ergo_status grow_images(session *s, int need, ergo_error *err) {
     return ERGO_OK;
 }
 
-static ergo_status grow_cache(session *s, int need, ergo_error *err) {
-    if (need <= s->kv.capacity) return ERGO_OK;
-    int64_t cap = s->kv.capacity;
-    while (cap < need) cap *= 2;
-    if (cap > s->max_context) cap = s->max_context;
-    return kv_cache_reserve(&s->kv, (int)cap, s->n_cached, err);
-}
-
-ergo_status session_init(session *s, const model *m, int max_context, ergo_error *err) {
+ergo_status session_init(session *s, const model *m, kv_pool *pool, int max_context,
+                         ergo_error *err) {
     memset(s, 0, sizeof *s);
     if (max_context < 1) return ergo_fail(err, ERGO_E_ARG, "session: context %d < 1", max_context);
+    const text_config *t = &m->config.text;
+    if (!pool || pool->cfg.n_layers != t->n_layers || pool->cfg.n_kv_heads != t->n_kv_heads ||
+        pool->cfg.head_dim != t->head_dim)
+        return ergo_fail(err, ERGO_E_ARG, "session: the KV pool has another shape than the model");
     s->m = m;
+    s->pool = pool;
     s->ids = mrope_ids_from_config(&m->config);
     s->max_context = max_context;
-    int rows = max_context < SESSION_MIN_ROWS ? max_context : SESSION_MIN_ROWS;
-    return kv_cache_init(&s->kv, &m->config.text, rows, err);
+    return ERGO_OK;
 }
 
 void session_free(session *s) {
     if (!s) return;
-    kv_cache_free(&s->kv);
+    if (s->pool) kv_seq_release(s->pool, &s->kv);
     free(s->tokens);
     for (int a = 0; a < 3; a++) free(s->pos[a]);
     free(s->grids);
@@ -76,9 +70,10 @@ int32_t session_last_token(const session *s) {
     return s->n_cached ? s->tokens[s->n_cached - 1] : -1;
 }
 
-ergo_status session_append(session *s, text_state *st, const int32_t *tokens, int n,
-                           const mrope_grid *grids, int n_images, const float *vision,
-                           float *logits, ergo_error *err) {
+ergo_status session_prepare(session *s, const int32_t *tokens, int n, const mrope_grid *grids,
+                            int n_images, const float *vision, float *logits, text_seq *q,
+                            ergo_error *err) {
+    ERGO_ASSERT(s->pending_n == 0);
     if (n < 1 || !tokens) return ergo_fail(err, ERGO_E_ARG, "session: nothing to append");
     if (n > s->max_context - s->n_cached)
         return ergo_fail(err, ERGO_E_LIMIT,
@@ -88,7 +83,6 @@ ergo_status session_append(session *s, text_state *st, const int32_t *tokens, in
         return ergo_fail(err, ERGO_E_ARG, "session: %d image(s) but no vision rows", n_images);
     ergo_status r = grow_history(s, s->n_cached + n, err);
     if (!r) r = grow_images(s, s->n_images + n_images, err);
-    if (!r) r = grow_cache(s, s->n_cached + n, err);
     if (r) return r;
 
     /* the 3-D position ids of the new tokens, written after the history */
@@ -110,38 +104,58 @@ ergo_status session_append(session *s, text_state *st, const int32_t *tokens, in
     }
     free(tmp);
     if (r) return r;
-
-    /* run the new tokens; keys/values land at rows base .. base+n-1 */
-    text_input in = {tokens, {s->pos[0] + base, s->pos[1] + base, s->pos[2] + base}, n,
-                     n_images ? vision : NULL, (int)n_vision, s->ids.image_token_id};
-    r = text_forward(s->m, st, &s->kv, base, &in, logits ? 1 : 0, logits, err);
-    if (r) return r;
-
-    /* commit */
     memcpy(s->tokens + base, tokens, (size_t)n * sizeof *tokens);
+    /* the images, registered after the committed ones (counted in at commit) */
     int pad = 0;
     for (int k = 0; k < n_images; k++) {
         while (pad < n && tokens[pad] != s->ids.image_token_id) pad++;
-        s->grids[s->n_images] = grids[k];
-        s->image_start[s->n_images] = base + pad;
-        s->n_images++;
+        s->grids[s->n_images + k] = grids[k];
+        s->image_start[s->n_images + k] = base + pad;
         pad += (int)mrope_grid_tokens(&grids[k], s->ids.merge);
     }
-    s->n_cached += n;
-    s->next_pos = next;
+    *q = (text_seq){&s->kv,
+                    {s->tokens + base, {s->pos[0] + base, s->pos[1] + base, s->pos[2] + base}, n,
+                     n_images ? vision : NULL, (int)n_vision, s->ids.image_token_id},
+                    logits ? 1 : 0, logits, text_piece_int8(n), 0, 0};
+    s->pending_n = n;
+    s->pending_images = n_images;
+    s->pending_next_pos = next;
     return ERGO_OK;
 }
 
+void session_commit(session *s) {
+    s->n_cached += s->pending_n;
+    s->n_images += s->pending_images;
+    s->next_pos = s->pending_next_pos;
+    s->pending_n = s->pending_images = 0;
+    ERGO_ASSERT(s->kv.n_tokens == s->n_cached);
+}
+
+void session_abort(session *s) { s->pending_n = s->pending_images = 0; }
+
+ergo_status session_append(session *s, text_state *st, const int32_t *tokens, int n,
+                           const mrope_grid *grids, int n_images, const float *vision,
+                           float *logits, ergo_error *err) {
+    text_seq q;
+    ergo_status r = session_prepare(s, tokens, n, grids, n_images, vision, logits, &q, err);
+    if (r) return r;
+    /* run the new tokens; keys/values land at rows n_cached .. n_cached+n-1 */
+    r = text_forward_batch(s->m, st, s->pool, &q, 1, err);
+    if (r) session_abort(s);
+    else session_commit(s);
+    return r;
+}
+
 ergo_status session_fork(session *dst, const session *src, ergo_error *err) {
-    ergo_status r = session_init(dst, src->m, src->max_context, err);
+    ERGO_ASSERT(src->pending_n == 0);
+    ergo_status r = session_init(dst, src->m, src->pool, src->max_context, err);
     if (!r) r = grow_history(dst, src->n_cached, err);
     if (!r) r = grow_images(dst, src->n_images, err);
-    if (!r) r = kv_cache_reserve(&dst->kv, src->kv.capacity, 0, err);
+    if (!r) r = kv_seq_fork(src->pool, &dst->kv, &src->kv, err);
     if (r) {
         session_free(dst);
         return r;
     }
-    kv_cache_copy_rows(&dst->kv, &src->kv, src->n_cached);
     if (src->n_cached) {
         memcpy(dst->tokens, src->tokens, (size_t)src->n_cached * sizeof *src->tokens);
         for (int a = 0; a < 3; a++)
@@ -174,6 +188,7 @@ ergo_status session_truncate(session *s, int n, ergo_error *err) {
     for (int a = 0; a < 3; a++)
         for (int i = 0; i < n; i++)
             if (s->pos[a][i] > mx) mx = s->pos[a][i];
+    kv_seq_truncate(s->pool, &s->kv, n);
     s->n_cached = n;
     s->n_images = keep_images;
     s->next_pos = mx + 1;

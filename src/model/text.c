@@ -9,10 +9,15 @@
  * final RMSNorm and lm_head on the rows whose logits are wanted.
  *
  * Attention streams over the cached keys in tiles of ATTN_KTILE with an online
- * softmax (running max and sum; kernels/attention.h), so prefill never stores an
- * n x n matrix; tiles are counted from key 0 and each query row's arithmetic depends
- * only on itself and its causal limit, so the attention of a chunked prefill or of
- * token-by-token decode gives the same bits as one pass.
+ * softmax (running max and sum; kernels/attention.h), reading the paged cache's
+ * blocks in place (kernels/attend.h), so prefill never stores an n x n matrix; tiles
+ * are counted from key 0 and each query row's arithmetic depends only on itself and
+ * its causal limit, so the attention of a chunked prefill or of token-by-token
+ * decode gives the same bits as one pass.
+ *
+ * A round = up to max_tokens rows taken from the sequences in order; the rows of
+ * pieces that take the int8-activation path of quantised weights (decode steps) come
+ * first, so every product is [int8 rows | panel rows].
  *
  * T = tokens in the chunk, D = hidden, H = heads, KV = kv heads, Dh = head dim,
  * F = ffn, V = vocab.
@@ -29,12 +34,12 @@
 #include <omp.h>
 #endif
 
+#include "kernels/attend.h"
 #include "kernels/attention.h"
 #include "kernels/kernels.h"
-#include "model/linear.h"
+#include "kernels/rope.h"
 
 /* ---- small helpers ---- */
-
 
 static void *alloc_floats(size_t n, ergo_error *err, ergo_status *s) {
     void *p = malloc(n * sizeof(float));
@@ -43,54 +48,12 @@ static void *alloc_floats(size_t n, ergo_error *err, ergo_status *s) {
     return p;
 }
 
-/* ---- KV cache ---- */
-
-ergo_status kv_cache_init(kv_cache *kv, const text_config *cfg, int capacity, ergo_error *err) {
-    memset(kv, 0, sizeof *kv);
-    if (capacity < 1) return ergo_fail(err, ERGO_E_ARG, "kv cache: capacity %d < 1", capacity);
-    kv->n_layers = cfg->n_layers;
-    kv->n_kv_heads = cfg->n_kv_heads;
-    kv->head_dim = cfg->head_dim;
-    kv->capacity = capacity;
-    size_t n = (size_t)cfg->n_layers * cfg->n_kv_heads * (size_t)capacity * cfg->head_dim;
-    ergo_status s = ERGO_OK;
-    kv->k = alloc_floats(n, err, &s);
-    kv->v = alloc_floats(n, err, &s);
-    if (s) kv_cache_free(kv);
-    return s;
-}
-
-void kv_cache_free(kv_cache *kv) {
-    if (!kv) return;
-    free(kv->k);
-    free(kv->v);
-    memset(kv, 0, sizeof *kv);
-}
-
-void kv_cache_copy_rows(kv_cache *dst, const kv_cache *src, int n_rows) {
-    size_t row = (size_t)src->head_dim * sizeof(float);
-    for (int l = 0; l < src->n_layers; l++)
-        for (int g = 0; g < src->n_kv_heads; g++) {
-            if (n_rows == 0) continue;
-            memcpy(kv_cache_k(dst, l, g, 0), kv_cache_k(src, l, g, 0), row * (size_t)n_rows);
-            memcpy(kv_cache_v(dst, l, g, 0), kv_cache_v(src, l, g, 0), row * (size_t)n_rows);
-        }
-}
-
-ergo_status kv_cache_reserve(kv_cache *kv, int capacity, int n_keep, ergo_error *err) {
-    if (capacity <= kv->capacity) return ERGO_OK;
-    kv_cache grown;
-    text_config shape = {0};
-    shape.n_layers = kv->n_layers;
-    shape.n_kv_heads = kv->n_kv_heads;
-    shape.head_dim = kv->head_dim;
-    ergo_status s = kv_cache_init(&grown, &shape, capacity, err);
-    if (s) return s;
-    kv_cache_copy_rows(&grown, kv, n_keep);
-    kv_cache_free(kv);
-    *kv = grown;
-    return ERGO_OK;
-}
+/* One round's piece of one sequence: rows [row0, row0 + n) of the round's buffers
+ * are tokens [c0, c0 + n) of seqs[seq].in, at cache rows pos0 = n_past + c0 .. */
+typedef struct text_segment {
+    int seq, c0, n, row0, pos0;
+    int first_logit; /* first row of the piece (in the piece) whose logits are wanted */
+} text_segment;
 
 /* ---- state ---- */
 
@@ -110,6 +73,12 @@ void text_state_free(text_state *st) {
     free(st->freq_axis);
     free(st->attn_scratch);
     free(st->attn_limit);
+    for (int a = 0; a < 3; a++) free(st->pos[a]);
+    free(st->logits);
+    free(st->attn_tiles);
+    free(st->blocks);
+    free(st->segs);
+    free(st->att);
     memset(st, 0, sizeof *st);
 }
 
@@ -166,10 +135,24 @@ ergo_status text_state_init(text_state *st, const text_config *cfg, int max_toke
     st->n_threads = 1;
 #endif
     const int rows = TEXT_ATTN_QTILE * (cfg->n_heads / cfg->n_kv_heads);
-    st->attn_floats = 2 * (size_t)rows * cfg->head_dim + attn_scratch_floats(rows, cfg->head_dim);
+    st->attn_floats = attend_causal_scratch_floats(cfg->n_heads, cfg->n_kv_heads,
+                                                   cfg->head_dim, TEXT_ATTN_QTILE);
     st->attn_scratch = alloc_floats((size_t)st->n_threads * st->attn_floats, err, &s);
     st->attn_limit = malloc(sizeof(int32_t) * (size_t)st->n_threads * (size_t)rows);
-    if (!st->attn_limit && s == ERGO_OK) s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+    for (int a = 0; a < 3; a++) {
+        st->pos[a] = malloc(sizeof(int32_t) * T);
+        if (!st->pos[a] && s == ERGO_OK) s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+    }
+    st->logits = alloc_floats(T * (size_t)cfg->vocab_size, err, &s);
+    st->max_blocks = (cfg->max_position_embeddings + KV_BLOCK - 1) / KV_BLOCK;
+    if (st->max_blocks < 1) st->max_blocks = 1;
+    st->attn_tiles = malloc(sizeof(void *) * (size_t)st->n_threads * (size_t)st->max_blocks);
+    st->blocks = malloc(sizeof(void *) * T * (size_t)st->max_blocks);
+    st->segs = malloc(sizeof(struct text_segment) * T);
+    st->att = malloc(sizeof(attend_causal_seq) * T);
+    if ((!st->attn_limit || !st->attn_tiles || !st->blocks || !st->segs || !st->att) &&
+        s == ERGO_OK)
+        s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
     if (s) {
         text_state_free(st);
         return s;
@@ -180,86 +163,12 @@ ergo_status text_state_init(text_state *st, const text_config *cfg, int max_toke
 
 /* ---- the pieces of a layer ---- */
 
-/* cos/sin (T, Dh/2) of the chunk's positions: angle = float32(pos) * inv_freq, one
- * float32 product as the reference's inv_freq @ position_ids (inner dimension 1). */
-static void rope_tables(text_state *st, const text_input *in, int c0, int n) {
-    const int half = st->cfg.head_dim / 2;
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < half; j++) {
-            float angle = (float)in->pos[st->freq_axis[j]][c0 + i] * st->inv_freq[j];
-            st->cos[(size_t)i * half + j] = cosf(angle);
-            st->sin[(size_t)i * half + j] = sinf(angle);
-        }
-}
-
-/* x (n, heads*Dh) rotated in place: x*cos + rotate_half(x)*sin with
- * rotate_half(x) = cat(-x2, x1) per head (the reference's un-fused products). */
-static void rope_apply(float *x, const text_state *st, int n, int heads) {
-    const int dh = st->cfg.head_dim, half = dh / 2;
-    for (int i = 0; i < n; i++) {
-        const float *c = st->cos + (size_t)i * half, *s = st->sin + (size_t)i * half;
-        for (int h = 0; h < heads; h++) {
-            float *v = x + ((size_t)i * heads + h) * dh;
-            for (int j = 0; j < half; j++) {
-                float a = v[j], b = v[j + half];
-                float lo = a * c[j] + (-b) * s[j];
-                float hi = b * c[j] + a * s[j];
-                v[j] = lo;
-                v[j + half] = hi;
-            }
-        }
-    }
-}
-
-/* Causal grouped-query attention of n new queries (absolute positions n_past + i)
- * over rows 0 .. n_past + i of layer l's cache: out (n, H*Dh). Query heads h share
- * kv head h / rep (repeat_kv), so one work item is (kv head g, up to TEXT_ATTN_QTILE
- * queries): its rep heads x queries go to the tiled kernel as one block of rows, and
- * each K/V tile is read once for all of them. Decode is the same with one query. */
-static void attention(text_state *st, float *out, const float *q, const kv_cache *kv, int l,
-                      int n_past, int n) {
-    const text_config *cfg = &st->cfg;
-    const int H = cfg->n_heads, KV = cfg->n_kv_heads, dh = cfg->head_dim, rep = H / KV;
-    const int QT = TEXT_ATTN_QTILE;
-    const float scale = 1.0f / sqrtf((float)dh); /* head_dim ** -0.5 */
-    const int n_qb = (n + QT - 1) / QT, items = n_qb * KV;
-    /* items of one kv head are consecutive: its keys and values stay in cache */
-#pragma omp parallel for schedule(dynamic, 1) num_threads(st->n_threads) if (items > 1)
-    for (int it = 0; it < items; it++) {
-#ifdef _OPENMP
-        const int th = omp_get_thread_num();
-#else
-        const int th = 0;
-#endif
-        const int g = it / n_qb, i0 = (it % n_qb) * QT;
-        const int nqi = n - i0 < QT ? n - i0 : QT, rows = nqi * rep;
-        float *qg = st->attn_scratch + (size_t)th * st->attn_floats; /* (rows, Dh) */
-        float *og = qg + (size_t)QT * rep * dh;                        /* (rows, Dh) */
-        float *scr = og + (size_t)QT * rep * dh;
-        int32_t *lim = st->attn_limit + (size_t)th * QT * rep;
-        /* row r = (query i, head g*rep + hh), r = i*rep + hh: the rep heads of query i
-         * are contiguous in q */
-        for (int i = 0; i < nqi; i++) {
-            memcpy(qg + (size_t)i * rep * dh, q + ((size_t)(i0 + i) * H + (size_t)g * rep) * dh,
-                   sizeof(float) * (size_t)rep * dh);
-            for (int hh = 0; hh < rep; hh++) lim[i * rep + hh] = n_past + i0 + i + 1;
-        }
-        const attn_keys keys = {.k = kv_cache_k(kv, l, g, 0), .ldk = (size_t)dh,
-                                .v = kv_cache_v(kv, l, g, 0), .ldv = (size_t)dh,
-                                .nk = n_past + i0 + nqi};
-        akern.block(og, (size_t)dh, qg, (size_t)dh, rows, lim, &keys, dh, scale, scr);
-        for (int i = 0; i < nqi; i++)
-            memcpy(out + ((size_t)(i0 + i) * H + (size_t)g * rep) * dh, og + (size_t)i * rep * dh,
-                   sizeof(float) * (size_t)rep * dh);
-    }
-}
-
-/* Embeddings of the chunk's tokens: embed_tokens rows, except that the k-th
+/* Embeddings of tokens [c0, c0 + n) of a piece: embed_tokens rows, except that the k-th
  * <|image_pad|> of the whole input takes vision row k (masked_scatter). */
 static ergo_status embed(float *x, const model *m, const text_input *in, int c0, int n,
                          int *vision_used, ergo_error *err) {
     const text_config *cfg = &m->config.text;
-    const tensor *e = &m->weights.text.embed;
+    const kweight *e = &m->weights.text.embed.k;
     const size_t D = (size_t)cfg->hidden;
     for (int i = 0; i < n; i++) {
         int32_t id = in->ids[c0 + i];
@@ -270,7 +179,7 @@ static ergo_status embed(float *x, const model *m, const text_input *in, int c0,
             memcpy(x + i * D, in->vision + (size_t)(*vision_used) * D, D * sizeof(float));
             (*vision_used)++;
         } else {
-            load_row_f32(x + i * D, e->data, tensor_kdtype(e), (size_t)id * D, D);
+            kweight_row_f32(x + i * D, e, id);
         }
     }
     return ERGO_OK;
@@ -278,110 +187,208 @@ static ergo_status embed(float *x, const model *m, const text_input *in, int c0,
 
 /* ---- forward ---- */
 
-/* One chunk of at most max_tokens tokens, c0 .. c0+n-1 of the input, at cache rows
- * n_past .. n_past+n-1; logits for the chunk rows >= first_logit (into logits). */
-static ergo_status forward_chunk(const model *m, text_state *st, kv_cache *kv, int n_past,
-                                 const text_input *in, int c0, int n, int first_logit,
-                                 float *logits, int *vision_used, ergo_error *err) {
+kv_pool_config text_kv_config(const text_config *cfg, kv_dtype dt, size_t budget_bytes) {
+    return (kv_pool_config){cfg->n_layers, cfg->n_kv_heads, cfg->head_dim, dt, budget_bytes};
+}
+
+/* A piece of fewer rows than this takes the int8-activation path of quantised
+ * weights (see the file comment). */
+int text_piece_int8(int n) { return n < MATMUL_BLOCKED_MIN_N; }
+
+/* y (n, out) for the round's rows: [0, n8) int8 rows, [n8, n) panel rows. */
+static void linear_rows(float *y, const float *x, const kweight *w, const kweight *b, int n,
+                        int n8) {
+    if (!w->q || n8 == 0 || n8 == n) {
+        linear_forward_path(y, x, w, b, n, n8 == n ? LINEAR_INT8 : LINEAR_PANELS);
+        return;
+    }
+    linear_forward_path(y, x, w, b, n8, LINEAR_INT8);
+    linear_forward_path(y + (size_t)n8 * w->rows, x + (size_t)n8 * w->cols, w, b, n - n8,
+                        LINEAR_PANELS);
+}
+
+/* The next round: segments from the sequences' remaining rows, int8 pieces first.
+ * Returns the number of segments; *n_rows, *n8 the round's rows and int8 rows. */
+static int plan_round(text_state *st, text_seq *seqs, int n_seqs, int *n_rows, int *n8) {
+    int used = 0, n_segs = 0;
+    *n8 = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n_seqs && used < st->max_tokens; i++) {
+            text_seq *q = &seqs[i];
+            const int int8_pass = pass == 0;
+            if (!!q->int8_rows != int8_pass || q->done == q->in.n) continue;
+            int n = q->in.n - q->done;
+            if (n > st->max_tokens - used) n = st->max_tokens - used;
+            st->segs[n_segs++] = (text_segment){i, q->done, n, used, q->kv->n_tokens + q->done,
+                                                q->in.n - q->n_logits};
+            used += n;
+            if (pass == 0) *n8 = used;
+        }
+    *n_rows = used;
+    return n_segs;
+}
+
+static ergo_status forward_round(const model *m, text_state *st, kv_pool *pool, text_seq *seqs,
+                                 text_segment *segs, int n_segs, int n, int n8,
+                                 ergo_error *err) {
     const text_config *cfg = &m->config.text;
     const text_weights *w = &m->weights.text;
     const int D = cfg->hidden, H = cfg->n_heads, KV = cfg->n_kv_heads, dh = cfg->head_dim;
     const int F = cfg->ffn, V = cfg->vocab_size;
+    const size_t KVD = (size_t)KV * dh;
     const float eps = (float)cfg->rms_eps;
     double t0 = now_ms();
 
-    /* inputs_embeds (n, D), image pads replaced by the vision rows */
-    ergo_status s = embed(st->x, m, in, c0, n, vision_used, err);
-    if (s) return s;
+    /* inputs_embeds (n, D), image pads replaced by each sequence's vision rows; the
+     * round's position ids, and each sequence's block bases for the attention */
+    for (int s = 0; s < n_segs; s++) {
+        text_segment *g = &segs[s];
+        text_seq *q = &seqs[g->seq];
+        ergo_status r = embed(st->x + (size_t)g->row0 * D, m, &q->in, g->c0, g->n,
+                              &q->vision_done, err);
+        if (r) return r;
+        for (int a = 0; a < 3; a++)
+            memcpy(st->pos[a] + g->row0, q->in.pos[a] + g->c0, sizeof(int32_t) * (size_t)g->n);
+        const uint8_t **blk = st->blocks + (size_t)s * st->max_blocks;
+        const int nb = (g->pos0 + g->n + KV_BLOCK - 1) / KV_BLOCK;
+        for (int b = 0; b < nb; b++) blk[b] = kv_tile(pool, q->kv->blocks[b], 0, 0);
+        st->att[s] = (attend_causal_seq){st->attn + (size_t)g->row0 * H * dh,
+                                     st->q + (size_t)g->row0 * H * dh, g->n, g->pos0, blk};
+    }
     /* position_embeddings: cos, sin (n, Dh/2) from the 3-D position ids */
-    rope_tables(st, in, c0, n);
+    const int32_t *pos[3] = {st->pos[0], st->pos[1], st->pos[2]};
+    rope_mrope_tables(st->cos, st->sin, pos, st->freq_axis, st->inv_freq, n, dh / 2);
+    const attend_causal_args aa = {
+        .heads = H, .kv_heads = KV, .dh = dh, .qtile = TEXT_ATTN_QTILE,
+        .kv_bf16 = pool->cfg.dtype == KV_BF16,
+        .head_tile_bytes = pool->tile_elems * kv_dtype_size(pool->cfg.dtype),
+        .scratch = st->attn_scratch, .scratch_floats = st->attn_floats,
+        .limits = st->attn_limit, .tiles = st->attn_tiles, .max_tiles = st->max_blocks,
+        .n_threads = st->n_threads};
 
     for (int l = 0; l < cfg->n_layers; l++) {
         const text_layer_weights *L = &w->layers[l];
         /* input_layernorm */
-        rmsnorm(st->xn, st->x, L->input_norm.data, tensor_kdtype(&L->input_norm), n, D, eps);
+        rmsnorm(st->xn, st->x, &L->input_norm.k, n, D, eps);
         /* q_proj, k_proj, v_proj (with biases): q (n, H*Dh), k and v (n, KV*Dh) */
-        linear_forward(st->q, st->xn, &L->q_w, &L->q_b, n, D, H * dh);
-        linear_forward(st->k, st->xn, &L->k_w, &L->k_b, n, D, KV * dh);
-        linear_forward(st->v, st->xn, &L->v_w, &L->v_b, n, D, KV * dh);
+        linear_rows(st->q, st->xn, &L->q_w.k, &L->q_b.k, n, n8);
+        linear_rows(st->k, st->xn, &L->k_w.k, &L->k_b.k, n, n8);
+        linear_rows(st->v, st->xn, &L->v_w.k, &L->v_b.k, n, n8);
         /* apply_multimodal_rotary_pos_emb on q and k */
-        rope_apply(st->q, st, n, H);
-        rope_apply(st->k, st, n, KV);
-        /* past_key_values.update: the new keys/values go to cache rows n_past.. */
-        for (int i = 0; i < n; i++)
-            for (int g = 0; g < KV; g++) {
-                memcpy(kv_cache_k(kv, l, g, n_past + i), st->k + ((size_t)i * KV + g) * dh,
-                       (size_t)dh * sizeof(float));
-                memcpy(kv_cache_v(kv, l, g, n_past + i), st->v + ((size_t)i * KV + g) * dh,
-                       (size_t)dh * sizeof(float));
-            }
-        /* causal attention over the cache: attn (n, H*Dh) */
-        attention(st, st->attn, st->q, kv, l, n_past, n);
+        rope_apply(st->q, (size_t)H * dh, n, H, dh, st->cos, st->sin);
+        rope_apply(st->k, KVD, n, KV, dh, st->cos, st->sin);
+        /* past_key_values.update: each sequence's new keys/values to its next rows */
+        for (int s = 0; s < n_segs; s++)
+            kv_seq_store(pool, seqs[segs[s].seq].kv, l, segs[s].pos0, segs[s].n,
+                         st->k + (size_t)segs[s].row0 * KVD, st->v + (size_t)segs[s].row0 * KVD);
+        /* causal attention of each sequence over its cache: attn (n, H*Dh) */
+        attend_causal(&aa, st->att, n_segs, l);
         /* o_proj (no bias) -> xn (n, D), then the residual */
-        linear_forward(st->xn, st->attn, &L->o_w, NULL, n, H * dh, D);
+        linear_rows(st->xn, st->attn, &L->o_w.k, NULL, n, n8);
         add_inplace(st->x, st->xn, (size_t)n * D);
         /* post_attention_layernorm */
-        rmsnorm(st->xn, st->x, L->post_norm.data, tensor_kdtype(&L->post_norm), n, D, eps);
+        rmsnorm(st->xn, st->x, &L->post_norm.k, n, D, eps);
         /* mlp: down_proj(silu(gate_proj(x)) * up_proj(x)), no biases */
-        linear_forward(st->gate, st->xn, &L->gate_w, NULL, n, D, F);
-        linear_forward(st->up, st->xn, &L->up_w, NULL, n, D, F);
+        linear_rows(st->gate, st->xn, &L->gate_w.k, NULL, n, n8);
+        linear_rows(st->up, st->xn, &L->up_w.k, NULL, n, n8);
         silu_mul(st->gate, st->up, (size_t)n * F);
-        linear_forward(st->xn, st->gate, &L->down_w, NULL, n, F, D);
+        linear_rows(st->xn, st->gate, &L->down_w.k, NULL, n, n8);
         add_inplace(st->x, st->xn, (size_t)n * D);
     }
     double t1 = now_ms();
     st->ms_layers += t1 - t0;
 
-    /* final norm and lm_head, only on the rows whose logits are wanted */
-    if (first_logit < n) {
-        const int rows = n - first_logit;
-        const float *xr = st->x + (size_t)first_logit * D;
-        rmsnorm(st->xn, xr, w->norm.data, tensor_kdtype(&w->norm), rows, D, eps);
-        linear_forward(logits, st->xn, &w->lm_head, NULL, rows, D, V);
+    /* final norm and lm_head, only on the rows whose logits are wanted (gathered in
+     * round order, so int8 rows stay first) */
+    int rows = 0, rows8 = 0;
+    for (int s = 0; s < n_segs; s++) {
+        const text_segment *g = &segs[s];
+        for (int i = 0; i < g->n; i++)
+            if (g->c0 + i >= g->first_logit) {
+                memcpy(st->attn + (size_t)rows * D, st->x + (size_t)(g->row0 + i) * D,
+                       sizeof(float) * (size_t)D);
+                rows++;
+            }
+        if (g->row0 + g->n <= n8) rows8 = rows;
+    }
+    if (rows) {
+        rmsnorm(st->xn, st->attn, &w->norm.k, rows, D, eps);
+        linear_rows(st->logits, st->xn, &w->lm_head.k, NULL, rows, rows8);
+        int r = 0;
+        for (int s = 0; s < n_segs; s++) {
+            const text_segment *g = &segs[s];
+            const text_seq *q = &seqs[g->seq];
+            for (int i = 0; i < g->n; i++)
+                if (g->c0 + i >= g->first_logit) {
+                    memcpy(q->logits + (size_t)(g->c0 + i - g->first_logit) * V,
+                           st->logits + (size_t)r * V, sizeof(float) * (size_t)V);
+                    r++;
+                }
+        }
     }
     st->ms_head += now_ms() - t1;
     return ERGO_OK;
 }
 
-ergo_status text_forward(const model *m, text_state *st, kv_cache *kv, int n_past,
-                         const text_input *in, int n_logits, float *logits, ergo_error *err) {
+/* Refuses a sequence the forward cannot run, before anything is computed. */
+static ergo_status check_seq(const model *m, const text_seq *q, int i, ergo_error *err) {
     const text_config *cfg = &m->config.text;
-    if (cfg->hidden != st->cfg.hidden || cfg->n_layers != st->cfg.n_layers ||
-        cfg->ffn != st->cfg.ffn || cfg->n_heads != st->cfg.n_heads ||
-        cfg->n_kv_heads != st->cfg.n_kv_heads || cfg->head_dim != st->cfg.head_dim)
-        return ergo_fail(err, ERGO_E_ARG, "text_forward: the state was sized for another model");
-    if (kv->n_layers != cfg->n_layers || kv->n_kv_heads != cfg->n_kv_heads ||
-        kv->head_dim != cfg->head_dim)
-        return ergo_fail(err, ERGO_E_ARG, "text_forward: the KV cache has another shape");
-    if (in->n < 1 || n_past < 0 || n_logits < 0 || n_logits > in->n)
-        return ergo_fail(err, ERGO_E_ARG, "text_forward: %d tokens, %d logits, %d past", in->n,
-                         n_logits, n_past);
-    if (n_past + in->n > kv->capacity)
-        return ergo_fail(err, ERGO_E_LIMIT, "text_forward: %d + %d tokens exceed the KV cache's "
-                                            "%d rows", n_past, in->n, kv->capacity);
-    if (n_logits > 0 && !logits)
-        return ergo_fail(err, ERGO_E_ARG, "text_forward: no logits buffer");
+    const text_input *in = &q->in;
+    if (!q->kv || in->n < 1 || q->n_logits < 0 || q->n_logits > in->n || !in->ids)
+        return ergo_fail(err, ERGO_E_ARG, "text_forward: sequence %d: %d tokens, %d logits", i,
+                         in->n, q->n_logits);
+    if (q->n_logits > 0 && !q->logits)
+        return ergo_fail(err, ERGO_E_ARG, "text_forward: sequence %d: no logits buffer", i);
+    if ((int64_t)q->kv->n_tokens + in->n > (int64_t)cfg->max_position_embeddings)
+        return ergo_fail(err, ERGO_E_LIMIT, "text_forward: %d + %d tokens exceed the model's "
+                                            "%d positions", q->kv->n_tokens, in->n,
+                         cfg->max_position_embeddings);
     /* masked_scatter needs exactly one vision row per image pad */
     if (in->vision || in->n_vision) {
         int pads = 0;
-        for (int i = 0; i < in->n; i++) pads += in->ids[i] == in->image_token_id;
+        for (int k = 0; k < in->n; k++) pads += in->ids[k] == in->image_token_id;
         if (!in->vision || pads != in->n_vision)
             return ergo_fail(err, ERGO_E_ARG,
                              "image features and image tokens do not match: tokens: %d, "
                              "features: %d", pads, in->n_vision);
     }
-    const int first = in->n - n_logits; /* first input row whose logits are wanted */
-    int vision_used = 0;
-    for (int c0 = 0; c0 < in->n; c0 += st->max_tokens) {
-        int n = in->n - c0 < st->max_tokens ? in->n - c0 : st->max_tokens;
-        int first_in_chunk = first > c0 ? first - c0 : 0;
-        float *out = logits ? logits + (size_t)(c0 + first_in_chunk - first) *
-                                           (size_t)cfg->vocab_size
-                            : NULL;
-        ergo_status s = forward_chunk(m, st, kv, n_past + c0, in, c0, n,
-                                      first_in_chunk < n ? first_in_chunk : n, out,
-                                      &vision_used, err);
-        if (s) return s;
-    }
     return ERGO_OK;
+}
+
+ergo_status text_forward_batch(const model *m, text_state *st, kv_pool *pool, text_seq *seqs,
+                               int n_seqs, ergo_error *err) {
+    const text_config *cfg = &m->config.text;
+    if (cfg->hidden != st->cfg.hidden || cfg->n_layers != st->cfg.n_layers ||
+        cfg->ffn != st->cfg.ffn || cfg->n_heads != st->cfg.n_heads ||
+        cfg->n_kv_heads != st->cfg.n_kv_heads || cfg->head_dim != st->cfg.head_dim ||
+        cfg->vocab_size != st->cfg.vocab_size)
+        return ergo_fail(err, ERGO_E_ARG, "text_forward: the state was sized for another model");
+    if (pool->cfg.n_layers != cfg->n_layers || pool->cfg.n_kv_heads != cfg->n_kv_heads ||
+        pool->cfg.head_dim != cfg->head_dim)
+        return ergo_fail(err, ERGO_E_ARG, "text_forward: the KV pool has another shape");
+    ergo_status r;
+    for (int i = 0; i < n_seqs; i++) {
+        if ((r = check_seq(m, &seqs[i], i, err))) return r;
+        seqs[i].done = seqs[i].vision_done = 0;
+    }
+    /* every row the call writes, reserved up front: a full pool fails before any
+     * sequence's cache is touched (rows past n_tokens are not committed) */
+    for (int i = 0; i < n_seqs; i++)
+        if ((r = kv_seq_reserve(pool, seqs[i].kv, seqs[i].kv->n_tokens + seqs[i].in.n, err)))
+            return r;
+    for (;;) {
+        int n = 0, n8 = 0;
+        const int n_segs = plan_round(st, seqs, n_seqs, &n, &n8);
+        if (!n_segs) break;
+        if ((r = forward_round(m, st, pool, seqs, st->segs, n_segs, n, n8, err))) return r;
+        for (int s = 0; s < n_segs; s++) seqs[st->segs[s].seq].done += st->segs[s].n;
+    }
+    for (int i = 0; i < n_seqs; i++) kv_seq_commit(seqs[i].kv, seqs[i].kv->n_tokens + seqs[i].in.n);
+    return ERGO_OK;
+}
+
+ergo_status text_forward(const model *m, text_state *st, kv_pool *pool, kv_seq *kv,
+                         const text_input *in, int n_logits, float *logits, ergo_error *err) {
+    text_seq q = {kv, *in, n_logits, logits, text_piece_int8(in->n), 0, 0};
+    return text_forward_batch(m, st, pool, &q, 1, err);
 }

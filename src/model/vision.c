@@ -31,9 +31,10 @@
 #endif
 
 #include "base/file.h"
+#include "kernels/attend.h"
 #include "kernels/attention.h"
 #include "kernels/kernels.h"
-#include "model/linear.h"
+#include "kernels/rope.h"
 #include "model/positions.h"
 
 /* ---- small helpers ---- */
@@ -189,58 +190,17 @@ static int attention_work(int32_t *work, const int32_t *span_len, int n_spans, i
 }
 
 /* out (N, D) = softmax(q k^T / sqrt(Dh)) v per head, queries attending only to the keys
- * of their span. q is read from qkv (N, 3D) (rotated), k from kt (H, Dh, N + pad), v
- * from vh (H, N, Dh). One item = (head, up to VISION_ATTN_QROWS queries of a span),
- * threaded. Full attention (head_major) runs the items of a head consecutively so
- * its K^T and V stay in the shared cache; windows run the heads of a window
- * consecutively, which share the window's rows of qkv and out (measured 20% faster
- * than head-major there). Each item is computed alone: the output does not depend
- * on the number of threads. */
+ * of their span: q from qkv (N, 3D) (rotated), k from kt (H, Dh, N + pad), v from
+ * vh (H, N, Dh) (kernels/attend.h). */
 static void attention(vision_state *st, float *out, const float *qkv, const int32_t *work,
                       int n_work, int N, int head_major) {
-    const int D = st->cfg.hidden, H = st->cfg.n_heads, Dh = st->cfg.head_dim;
-    const size_t ldkt = (size_t)N + VISION_KT_PAD;
-    const float scale = 1.0f / sqrtf((float)Dh); /* head_dim ** -0.5 */
-    const int n_items = n_work * H;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(st->n_threads)
-    for (int it = 0; it < n_items; it++) {
-#ifdef _OPENMP
-        float *scr = st->scratch + (size_t)omp_get_thread_num() * (size_t)st->scratch_floats;
-#else
-        float *scr = st->scratch;
-#endif
-        const int h = head_major ? it / n_work : it % H;
-        const int32_t *w = work + 3 * (head_major ? it % n_work : it / H);
-        const int span0 = w[0], span_len = w[1], q0 = w[2];
-        const int nq = span0 + span_len - q0 < VISION_ATTN_QROWS ? span0 + span_len - q0
-                                                                 : VISION_ATTN_QROWS;
-        const attn_keys kv = {.kt = st->kt + (size_t)h * Dh * ldkt + span0, .ldkt = ldkt,
-                              .v = st->vh + ((size_t)h * N + span0) * Dh, .ldv = (size_t)Dh,
-                              .nk = span_len};
-        akern.block(out + (size_t)q0 * D + (size_t)h * Dh, (size_t)D,
-                    qkv + (size_t)q0 * 3 * D + (size_t)h * Dh, (size_t)3 * D, nq, NULL, &kv, Dh,
-                    scale, scr);
-    }
-}
-
-/* q and k of every token rotated in place: x*cos + rotate_half(x)*sin, where
- * rotate_half pairs dim i with i + Dh/2 and both use angle i (the reference
- * duplicates its Dh/2 angles to Dh). cos/sin (N, Dh/2) in window order. */
-static void rotary_apply(vision_state *st, float *qkv, int N) {
-    const int D = st->cfg.hidden, H = st->cfg.n_heads, Dh = st->cfg.head_dim, half = Dh / 2;
-#pragma omp parallel for schedule(static) num_threads(st->n_threads) if (N > 64)
-    for (int p = 0; p < N; p++) {
-        const float *c = st->cos + (size_t)p * half, *s = st->sin + (size_t)p * half;
-        for (int part = 0; part < 2; part++) /* q, then k */
-            for (int h = 0; h < H; h++) {
-                float *x = qkv + (size_t)p * 3 * D + (size_t)part * D + (size_t)h * Dh;
-                for (int i = 0; i < half; i++) {
-                    const float a = x[i], b = x[i + half];
-                    x[i] = a * c[i] + -b * s[i];
-                    x[i + half] = b * c[i] + a * s[i];
-                }
-            }
-    }
+    const attend_span_args a = {
+        .out = out, .ldo = (size_t)st->cfg.hidden, .q = qkv, .ldq = 3 * (size_t)st->cfg.hidden,
+        .kt = st->kt, .ldkt = (size_t)N + VISION_KT_PAD, .v = st->vh, .n_rows = N,
+        .heads = st->cfg.n_heads, .dh = st->cfg.head_dim, .qrows = VISION_ATTN_QROWS,
+        .scratch = st->scratch, .scratch_floats = (size_t)st->scratch_floats,
+        .n_threads = st->n_threads};
+    attend_spans(&a, work, n_work, head_major);
 }
 
 /* kt (H, Dh, N + pad) = the k third of qkv (N, 3D) transposed per head, in blocks of
@@ -291,9 +251,9 @@ ergo_status vision_encode(const model *m, vision_state *st, const float *pixel_v
     double t0 = now_ms();
     const int M = cfg->merge, U = M * M;
     const int D = cfg->hidden, F = cfg->ffn, Dh = cfg->head_dim, Do = cfg->out_hidden;
+    const int H = cfg->n_heads;
     const int N = grid_t * grid_h * grid_w;             /* patches */
     const int NU = N / U;                               /* merge units = output tokens */
-    const int K = cfg->in_channels * cfg->temporal_patch * cfg->patch * cfg->patch; /* 1176 */
     const int wu = cfg->window / cfg->patch / M;        /* window side in units, 4 */
     const float eps = (float)cfg->rms_eps;              /* 1e-6 */
 
@@ -319,7 +279,7 @@ ergo_status vision_encode(const model *m, vision_state *st, const float *pixel_v
         }
 
     /* patch_embed: Conv3d with stride = kernel = one dot of each 1176-long row */
-    linear_forward(st->xn, pixel_values, &w->patch_embed, NULL, N, K, D);       /* (N, D) */
+    linear_forward(st->xn, pixel_values, &w->patch_embed.k, NULL, N);       /* (N, D) */
     trace(st, "patch_embed", st->xn, N, D);
     /* window permutation: unit i of the window order <- raster unit window_order[i] */
     for (int i = 0; i < NU; i++)
@@ -331,25 +291,25 @@ ergo_status vision_encode(const model *m, vision_state *st, const float *pixel_v
         t0 = now_ms();
         const vision_block_weights *b = &w->blocks[l];
         const int full = vision_layer_is_full_attention(cfg, l);
-        rmsnorm(st->xn, st->x, b->norm1.data, tensor_kdtype(&b->norm1), N, D, eps);    /* norm1 (N, D) */
-        linear_forward(st->qkv, st->xn, &b->qkv_w, &b->qkv_b, N, D, 3 * D);         /* attn.qkv (N, 3D) */
-        rotary_apply(st, st->qkv, N);                                       /* q, k rotated */
+        rmsnorm(st->xn, st->x, &b->norm1.k, N, D, eps);    /* norm1 (N, D) */
+        linear_forward(st->qkv, st->xn, &b->qkv_w.k, &b->qkv_b.k, N);         /* attn.qkv (N, 3D) */
+        rope_apply(st->qkv, 3 * (size_t)D, N, H, Dh, st->cos, st->sin);     /* q rotated */
+        rope_apply(st->qkv + D, 3 * (size_t)D, N, H, Dh, st->cos, st->sin); /* k rotated */
         pack_kv(st, st->qkv, N);                                            /* k^T, v per head */
         if (full) /* the whole frame, as cu_seqlens */
             attention(st, st->attn, st->qkv, st->work_full, n_work_full, N, 1);
         else      /* each window alone, as cu_window_seqlens */
             attention(st, st->attn, st->qkv, st->work_window, n_work_window, N, 0);
-        linear_forward(st->xn, st->attn, &b->proj_w, &b->proj_b, N, D, D);         /* attn.proj (N, D) */
+        linear_forward(st->xn, st->attn, &b->proj_w.k, &b->proj_b.k, N);         /* attn.proj (N, D) */
         add_inplace(st->x, st->xn, (size_t)N * D);                          /* x += attn */
-        rmsnorm(st->xn, st->x, b->norm2.data, tensor_kdtype(&b->norm2), N, D, eps);    /* norm2 (N, D) */
+        rmsnorm(st->xn, st->x, &b->norm2.k, N, D, eps);    /* norm2 (N, D) */
         for (int r0 = 0; r0 < N; r0 += VISION_MLP_ROWS) {  /* MLP in row chunks */
             const int nr = N - r0 < VISION_MLP_ROWS ? N - r0 : VISION_MLP_ROWS;
             const float *xr = st->xn + (size_t)r0 * D;
-            linear_forward(st->gate, xr, &b->gate_w, &b->gate_b, nr, D, F);         /* mlp.gate_proj */
-            linear_forward(st->up, xr, &b->up_w, &b->up_b, nr, D, F);               /* mlp.up_proj */
+            linear_forward(st->gate, xr, &b->gate_w.k, &b->gate_b.k, nr);         /* mlp.gate_proj */
+            linear_forward(st->up, xr, &b->up_w.k, &b->up_b.k, nr);               /* mlp.up_proj */
             silu_mul(st->gate, st->up, (size_t)nr * F);                     /* silu(g) * u */
-            linear_forward(st->attn + (size_t)r0 * D, st->gate, &b->down_w, &b->down_b, nr, F,
-                   D);                                                      /* mlp.down_proj */
+            linear_forward(st->attn + (size_t)r0 * D, st->gate, &b->down_w.k, &b->down_b.k, nr); /* mlp.down_proj */
         }
         add_inplace(st->x, st->attn, (size_t)N * D);                        /* x += mlp */
         char name[32];
@@ -360,12 +320,10 @@ ergo_status vision_encode(const model *m, vision_state *st, const float *pixel_v
 
     /* merger: ln_q per patch, the U patches of a unit as one (U*D) row, MLP */
     t0 = now_ms();
-    rmsnorm(st->xn, st->x, w->merger_ln_q.data, tensor_kdtype(&w->merger_ln_q), N, D, eps); /* ln_q */
-    linear_forward(st->attn, st->xn, &w->merger_fc1_w, &w->merger_fc1_b, NU, U * D,
-           U * D);                                                          /* mlp.0 (NU, UD) */
+    rmsnorm(st->xn, st->x, &w->merger_ln_q.k, N, D, eps); /* ln_q */
+    linear_forward(st->attn, st->xn, &w->merger_fc1_w.k, &w->merger_fc1_b.k, NU); /* mlp.0 (NU, UD) */
     gelu_erf(st->attn, (size_t)NU * U * D);                                 /* mlp.1, erf GELU */
-    linear_forward(st->merged, st->attn, &w->merger_fc2_w, &w->merger_fc2_b, NU, U * D,
-           Do);                                                             /* mlp.2 (NU, Do) */
+    linear_forward(st->merged, st->attn, &w->merger_fc2_w.k, &w->merger_fc2_b.k, NU); /* mlp.2 (NU, Do) */
     trace(st, "merger", st->merged, NU, Do);
     /* inverse permutation: raster unit j <- window position raster_order[j] */
     for (int j = 0; j < NU; j++)

@@ -24,7 +24,7 @@ typedef struct spec_builder {
     int n;
 } spec_builder;
 
-static void add(spec_builder *b, tensor *slot, weight_part part, weight_kind kind, int n_dims,
+static void add(spec_builder *b, weight *slot, weight_part part, weight_kind kind, int n_dims,
                 const int64_t *shape, const char *fmt, int layer, const char *suffix) {
     if (b->out) {
         weight_spec *s = &b->out[b->n];
@@ -44,14 +44,14 @@ static void add(spec_builder *b, tensor *slot, weight_part part, weight_kind kin
 }
 
 /* A linear layer: weight (out, in) and, when slot_b is given, bias (out). */
-static void add_linear(spec_builder *b, tensor *slot_w, tensor *slot_b, int has_bias,
+static void add_linear(spec_builder *b, weight *slot_w, weight *slot_b, int has_bias,
                        weight_part part, int64_t out, int64_t in, const char *fmt, int layer) {
     int64_t ws[2] = {out, in}, bs[1] = {out};
     add(b, slot_w, part, WEIGHT_MATRIX, 2, ws, fmt, layer, ".weight");
     if (has_bias) add(b, slot_b, part, WEIGHT_BIAS, 1, bs, fmt, layer, ".bias");
 }
 
-static void add_norm(spec_builder *b, tensor *slot, weight_part part, int64_t dim,
+static void add_norm(spec_builder *b, weight *slot, weight_part part, int64_t dim,
                      const char *fmt, int layer) {
     int64_t s[1] = {dim};
     add(b, slot, part, WEIGHT_NORM, 1, s, fmt, layer, ".weight");
@@ -200,7 +200,8 @@ ergo_status weights_bind(model_weights *w, const model_config *cfg, const checkp
                           what, name, dtype_name(t->dtype));
             break;
         }
-        *sp->slot = *t;
+        sp->slot->t = *t;
+        sp->slot->k = kweight_of_tensor(t);
     }
     /* tied: lm_head reads the embedding (the reference ties the parameter) */
     if (!s && cfg->text.tie_word_embeddings) w->text.lm_head = w->text.embed;
@@ -219,7 +220,7 @@ void weights_count(const model_weights *w, const model_config *cfg, param_counts
         out->total += specs[i].numel;
         if (specs[i].part == PART_TEXT) out->text += specs[i].numel;
         else out->vision += specs[i].numel;
-        out->bytes += specs[i].slot->nbytes;
+        out->bytes += specs[i].slot->t.nbytes;
     }
     free(specs);
 }
@@ -261,4 +262,13 @@ kdtype tensor_kdtype(const tensor *t) {
     }
     ERGO_ASSERT(0 && "a bound weight of a dtype weights_bind refuses");
     return KDT_F32;
+}
+
+kweight kweight_of_tensor(const tensor *t) {
+    kweight k = {tensor_kdtype(t), t->data, 1, (int)t->numel, NULL};
+    if (t->n_dims >= 2) {
+        k.rows = (int)t->shape[0];
+        k.cols = t->shape[0] ? (int)(t->numel / t->shape[0]) : 0;
+    }
+    return k;
 }

@@ -17,7 +17,7 @@
  *
  *   model m;
  *   if (model_load(&m, "/models/ergo-7b", &err) != ERGO_OK) ...
- *   m.weights.text.layers[0].q_w.data   // (H*Dh, D)
+ *   m.weights.text.layers[0].q_w.k      // the kernels' view: (H*Dh, D), dtype, twin
  *   model_free(&m);
  */
 #ifndef ERGO_WEIGHTS_H
@@ -29,43 +29,51 @@
 #include "kernels/kernels.h"
 #include "model/config.h"
 
+/* One parameter: the checkpoint's tensor (name, dtype, shape, bytes in the map) and
+ * the kernels' view of it (kernels.h kweight), bound together once at load; the
+ * forward passes hand `.k` to the kernels, model_quantize gives `.k` its twin. */
+typedef struct weight {
+    tensor t;
+    kweight k;
+} weight;
+
 typedef struct vision_block_weights {
-    tensor norm1;          /* (Dv)          blocks.N.norm1 (RMSNorm) */
-    tensor qkv_w, qkv_b;   /* (3*Dv, Dv), (3*Dv)   attn.qkv */
-    tensor proj_w, proj_b; /* (Dv, Dv), (Dv)       attn.proj */
-    tensor norm2;          /* (Dv)          blocks.N.norm2 (RMSNorm) */
-    tensor gate_w, gate_b; /* (Fv, Dv), (Fv)       mlp.gate_proj */
-    tensor up_w, up_b;     /* (Fv, Dv), (Fv)       mlp.up_proj */
-    tensor down_w, down_b; /* (Dv, Fv), (Dv)       mlp.down_proj */
+    weight norm1;          /* (Dv)          blocks.N.norm1 (RMSNorm) */
+    weight qkv_w, qkv_b;   /* (3*Dv, Dv), (3*Dv)   attn.qkv */
+    weight proj_w, proj_b; /* (Dv, Dv), (Dv)       attn.proj */
+    weight norm2;          /* (Dv)          blocks.N.norm2 (RMSNorm) */
+    weight gate_w, gate_b; /* (Fv, Dv), (Fv)       mlp.gate_proj */
+    weight up_w, up_b;     /* (Fv, Dv), (Fv)       mlp.up_proj */
+    weight down_w, down_b; /* (Dv, Fv), (Dv)       mlp.down_proj */
 } vision_block_weights;
 
 typedef struct vision_weights {
-    tensor patch_embed;          /* (Dv, C, Tp, P, P) = (1280, 3, 2, 14, 14), Conv3d, no bias */
+    weight patch_embed;          /* (Dv, C, Tp, P, P) = (1280, 3, 2, 14, 14), Conv3d, no bias */
     vision_block_weights *blocks; /* depth */
-    tensor merger_ln_q;          /* (Dv)            merger.ln_q (RMSNorm) */
-    tensor merger_fc1_w;         /* (M*M*Dv, M*M*Dv) merger.mlp.0 */
-    tensor merger_fc1_b;         /* (M*M*Dv) */
-    tensor merger_fc2_w;         /* (D, M*M*Dv)     merger.mlp.2 */
-    tensor merger_fc2_b;         /* (D) */
+    weight merger_ln_q;          /* (Dv)            merger.ln_q (RMSNorm) */
+    weight merger_fc1_w;         /* (M*M*Dv, M*M*Dv) merger.mlp.0 */
+    weight merger_fc1_b;         /* (M*M*Dv) */
+    weight merger_fc2_w;         /* (D, M*M*Dv)     merger.mlp.2 */
+    weight merger_fc2_b;         /* (D) */
 } vision_weights;
 
 typedef struct text_layer_weights {
-    tensor input_norm;     /* (D)          input_layernorm */
-    tensor q_w, q_b;       /* (H*Dh, D), (H*Dh)    self_attn.q_proj */
-    tensor k_w, k_b;       /* (KV*Dh, D), (KV*Dh)  self_attn.k_proj */
-    tensor v_w, v_b;       /* (KV*Dh, D), (KV*Dh)  self_attn.v_proj */
-    tensor o_w;            /* (D, H*Dh)   self_attn.o_proj, no bias */
-    tensor post_norm;      /* (D)          post_attention_layernorm */
-    tensor gate_w;         /* (F, D)       mlp.gate_proj, no bias */
-    tensor up_w;           /* (F, D)       mlp.up_proj */
-    tensor down_w;         /* (D, F)       mlp.down_proj */
+    weight input_norm;     /* (D)          input_layernorm */
+    weight q_w, q_b;       /* (H*Dh, D), (H*Dh)    self_attn.q_proj */
+    weight k_w, k_b;       /* (KV*Dh, D), (KV*Dh)  self_attn.k_proj */
+    weight v_w, v_b;       /* (KV*Dh, D), (KV*Dh)  self_attn.v_proj */
+    weight o_w;            /* (D, H*Dh)   self_attn.o_proj, no bias */
+    weight post_norm;      /* (D)          post_attention_layernorm */
+    weight gate_w;         /* (F, D)       mlp.gate_proj, no bias */
+    weight up_w;           /* (F, D)       mlp.up_proj */
+    weight down_w;         /* (D, F)       mlp.down_proj */
 } text_layer_weights;
 
 typedef struct text_weights {
-    tensor embed;               /* (V, D)  embed_tokens */
+    weight embed;               /* (V, D)  embed_tokens */
     text_layer_weights *layers; /* n_layers */
-    tensor norm;                /* (D)     final RMSNorm */
-    tensor lm_head;             /* (V, D)  the same data as embed when tied */
+    weight norm;                /* (D)     final RMSNorm */
+    weight lm_head;             /* (V, D)  the same data as embed when tied */
 } text_weights;
 
 typedef struct model_weights {
@@ -95,7 +103,7 @@ typedef struct weight_spec {
     int64_t shape[5];
     int64_t numel;
     int64_t fan_in;         /* WEIGHT_MATRIX / WEIGHT_LM_HEAD: elements per output row */
-    tensor *slot;           /* where it binds in a model_weights (NULL if none given) */
+    weight *slot;           /* where it binds in a model_weights (NULL if none given) */
 } weight_spec;
 
 /* Lists the parameters of cfg in the reference's state_dict order (lm_head.weight
@@ -119,6 +127,8 @@ ergo_status weights_bind(model_weights *w, const model_config *cfg, const checkp
 
 /* The kernels' element type of a bound weight (weights_bind accepts only BF16, F16, F32). */
 kdtype tensor_kdtype(const tensor *t);
+/* The kernels' view of a bound tensor: (shape[0], the rest) or (1, n) for a vector. */
+kweight kweight_of_tensor(const tensor *t);
 
 /* A loaded checkpoint: the maps the weights point into, its configs, its weights. */
 typedef struct model {

@@ -69,6 +69,9 @@ ergo_status ergo_engine_load(ergo_engine *e, const char *dir, ergo_error *err) {
     const model_config *cfg = &e->m.config;
     if ((s = text_state_init(&e->st, &cfg->text, PREFILL_CHUNK, err))) return s;
     e->st_ready = 1;
+    const kv_pool_config kc = text_kv_config(&cfg->text, KV_F32, 0);
+    if ((s = kv_pool_init(&e->pool, &kc, err))) return s;
+    e->pool_ready = 1;
     if (!(e->logits = malloc(sizeof *e->logits * (size_t)cfg->text.vocab_size)))
         return ergo_fail(err, ERGO_E_NOMEM, "out of memory for the logits");
     /* stop at the checkpoint's eos ids and always at <|im_end|> (the turn's end) */
@@ -86,6 +89,7 @@ void ergo_engine_free(ergo_engine *e) {
     free(e->logits);
     if (e->vs_patches) vision_state_free(&e->vs);
     if (e->st_ready) text_state_free(&e->st);
+    if (e->pool_ready) kv_pool_free(&e->pool);
     tokenizer_free(e->tok);
     if (e->model_loaded) model_free(&e->m);
     memset(e, 0, sizeof *e);
@@ -312,7 +316,7 @@ ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *origina
     if ((s = chat_encode_message(&e->ct, e->tok, &cs, &sys, &ids, err))) goto done;
     if ((s = chat_encode_message(&e->ct, e->tok, &cs, &u1, &ids, err))) goto done;
     if ((s = chat_encode_generation_prompt(e->tok, &ids, err))) goto done;
-    if ((s = session_init(&ss, &e->m, cfg->text.max_position_embeddings, err))) goto done;
+    if ((s = session_init(&ss, &e->m, &e->pool, cfg->text.max_position_embeddings, err))) goto done;
     ss_ready = 1;
     if ((s = prefill(e, &ss, &ids, &g1, rows1, &r->s1, err))) goto done;
 
@@ -442,7 +446,7 @@ ergo_status ergo_run_baseline(ergo_engine *e, const ergo_options *o, const image
     chat_message u = {"user", NULL, 0, p, 2};
     if ((s = chat_encode_message(&e->ct, e->tok, &cs, &u, &ids, err))) goto done;
     if ((s = chat_encode_generation_prompt(e->tok, &ids, err))) goto done;
-    if ((s = session_init(&ss, &e->m, cfg->text.max_position_embeddings, err))) goto done;
+    if ((s = session_init(&ss, &e->m, &e->pool, cfg->text.max_position_embeddings, err))) goto done;
     ss_ready = 1;
     if ((s = prefill(e, &ss, &ids, &g, rows, &r->s1, err))) goto done;
     if ((s = keep_conversation(&ss, r, err))) goto done;

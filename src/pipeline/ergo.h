@@ -56,6 +56,8 @@ typedef struct ergo_engine {
     vision_state vs;
     int vs_patches;          /* patches vs is sized for; 0 = not allocated */
     float *logits;           /* (V) */
+    kv_pool pool;            /* the sessions' KV blocks */
+    int pool_ready;
     int32_t stop_ids[GEN_MAX_EOS + 1]; /* the generation config's eos ids + <|im_end|> */
     int n_stop_ids;
 } ergo_engine;
