@@ -9,6 +9,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/half.h"
+
 attention_kernels akern = {attn_block_ref, exp_f32_ref};
 
 size_t attn_scratch_floats(int nq, int dh) {
@@ -18,6 +20,26 @@ size_t attn_scratch_floats(int nq, int dh) {
 }
 
 /* ---- reference: one row at a time, the same tile grid, expf ---- */
+
+/* element i of paged tile t (K^T first, then V; see attention.h) */
+static inline float tile_at(const attn_keys *kv, int t, size_t i) {
+    return kv->tiles_bf16 ? bf16_to_f32_one(((const uint16_t *)kv->tiles[t])[i])
+                          : ((const float *)kv->tiles[t])[i];
+}
+
+/* element d of key t0 + j, in any mode (t0 on the tile grid) */
+static inline float key_at(const attn_keys *kv, int t0, int j, int d) {
+    if (kv->tiles) return tile_at(kv, t0 / ATTN_KTILE, (size_t)d * ATTN_KTILE + (size_t)j);
+    if (kv->kt) return kv->kt[(size_t)d * kv->ldkt + (size_t)(t0 + j)];
+    return kv->k[(size_t)(t0 + j) * kv->ldk + (size_t)d];
+}
+
+static inline float value_at(const attn_keys *kv, int t0, int j, int d, int dh) {
+    if (kv->tiles)
+        return tile_at(kv, t0 / ATTN_KTILE,
+                       (size_t)ATTN_KTILE * dh + (size_t)j * dh + (size_t)d);
+    return kv->v[(size_t)(t0 + j) * kv->ldv + (size_t)d];
+}
 
 void attn_block_ref(float *o, size_t ldo, const float *q, size_t ldq, int nq,
                     const int32_t *limit, const attn_keys *kv, int dh, float scale,
@@ -37,10 +59,8 @@ void attn_block_ref(float *o, size_t ldo, const float *q, size_t ldq, int nq,
             float mt = -INFINITY;
             for (int j = 0; j < ATTN_KTILE; j++) {
                 if (j < nv) {
-                    const float *kj = kv->kt ? NULL : kv->k + (size_t)(t0 + j) * kv->ldk;
                     float dot = 0.0f;
-                    for (int d = 0; d < dh; d++)
-                        dot += qi[d] * (kj ? kj[d] : kv->kt[(size_t)d * kv->ldkt + t0 + j]);
+                    for (int d = 0; d < dh; d++) dot += qi[d] * key_at(kv, t0, j, d);
                     s[j] = dot * scale;
                 } else {
                     s[j] = -INFINITY;
@@ -57,10 +77,8 @@ void attn_block_ref(float *o, size_t ldo, const float *q, size_t ldq, int nq,
             l = l * corr + sum;
             m = mnew;
             for (int d = 0; d < dh; d++) acc[d] *= corr;
-            for (int j = 0; j < jn; j++) {
-                const float *vj = kv->v + (size_t)(t0 + j) * kv->ldv;
-                for (int d = 0; d < dh; d++) acc[d] += s[j] * vj[d];
-            }
+            for (int j = 0; j < jn; j++)
+                for (int d = 0; d < dh; d++) acc[d] += s[j] * value_at(kv, t0, j, d, dh);
         }
         const float inv = 1.0f / l;
         for (int d = 0; d < dh; d++) o[(size_t)i * ldo + d] = acc[d] * inv;
@@ -185,6 +203,14 @@ T512 static inline __m512 mask_lt512(__m512 v, int n) { /* lanes >= n -> -inf */
     return _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), v);
 }
 
+/* dst[i] = the f32 of bf16 bits src[i], n a multiple of 16 (exact: a shift) */
+T512 static inline void widen_bf16_512(float *dst, const uint16_t *src, size_t n) {
+    for (size_t i = 0; i < n; i += 16) {
+        const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(src + i)));
+        _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+    }
+}
+
 #define SUF avx512
 #define TGT T512
 #define V __m512
@@ -204,6 +230,7 @@ T512 static inline __m512 mask_lt512(__m512 v, int n) { /* lanes >= n -> -inf */
 #define VHSUM(v) _mm512_reduce_add_ps(v)
 #define VEXP(v) exp512(v)
 #define VMASK_LT(v, n) mask_lt512((v), (n))
+#define VWIDEN_BF16(dst, src, n) widen_bf16_512((dst), (src), (n))
 #include "attention_simd.h"
 #undef SUF
 #undef TGT
@@ -224,6 +251,7 @@ T512 static inline __m512 mask_lt512(__m512 v, int n) { /* lanes >= n -> -inf */
 #undef VHSUM
 #undef VEXP
 #undef VMASK_LT
+#undef VWIDEN_BF16
 
 /* ---- AVX2: 8 floats, scores 4 rows x 16 keys, P V 4 rows x 16 dims (8 accumulators
  * of 16 registers) ---- */
@@ -248,6 +276,14 @@ T256 static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* dst[i] = the f32 of bf16 bits src[i], n a multiple of 8 */
+T256 static inline void widen_bf16_256(float *dst, const uint16_t *src, size_t n) {
+    for (size_t i = 0; i < n; i += 8) {
+        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + i)));
+        _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+}
+
 #define SUF avx2
 #define TGT T256
 #define V __m256
@@ -267,6 +303,7 @@ T256 static inline float hsum256(__m256 v) {
 #define VHSUM(v) hsum256(v)
 #define VEXP(v) exp256(v)
 #define VMASK_LT(v, n) mask_lt256((v), (n))
+#define VWIDEN_BF16(dst, src, n) widen_bf16_256((dst), (src), (n))
 #include "attention_simd.h"
 
 /* ---- the table ---- */

@@ -24,12 +24,28 @@
  * vision encoder transposes K once per layer). Full K^T tiles are read in place: pick
  * ldkt so that rows are not a multiple of 1 KiB apart (they would share L1 sets);
  * values with ldv != Dh are copied into a dense tile first (ldv = Dh avoids it).
- * f32 throughout; the SIMD versions differ from _ref by summation order and by
- * their exp (a few ulp).
+ *
+ * Or keys and values come from a paged KV cache (tiles, used when non-NULL; k, kt, v
+ * and their strides are then ignored): tile t, keys 64t .. 64t+63, is one block
+ * tiles[t] of 2 * ATTN_KTILE * Dh elements, K^T (Dh, ATTN_KTILE) then V (ATTN_KTILE,
+ * Dh): element d of key j at [d*ATTN_KTILE + j], of value j at [ATTN_KTILE*Dh +
+ * j*Dh + d]. The elements are f32 (tiles_bf16 = 0), read in place, or bf16
+ * (tiles_bf16 = 1: raw uint16 bits), widened into the scratch once per tile and
+ * call (for all the call's rows), so a bf16 call gives exactly what the f32 call
+ * gives on the widened values, and either gives, bit for bit, what the rows mode
+ * gives on the same keys (the same tile grid and arithmetic).
+ * Every tile up to key nk - 1 must be a whole block (the kernels read the K^T of
+ * the last tile whole); its keys >= nk may hold any bits (NaN too) and never reach
+ * a result: their scores are replaced by -inf and their values are never read.
+ * No alignment is required (64 bytes avoids split loads).
+ *
+ * f32 arithmetic throughout; the SIMD versions differ from _ref by summation order
+ * and by their exp (a few ulp).
  *
  *   attn_keys kv = {.k = K, .ldk = Dh, .v = V, .ldv = Dh, .nk = n};
  *   akern.block(out, Dh, q, Dh, nq, NULL, &kv, Dh, 1 / sqrtf(Dh), scratch);
  *   // scratch: attn_scratch_floats(nq, Dh) floats, per thread
+ *   attn_keys pk = {.nk = n, .tiles = blocks, .tiles_bf16 = 1}; // paged, bf16
  */
 #ifndef ERGO_ATTENTION_H
 #define ERGO_ATTENTION_H
@@ -43,19 +59,26 @@
 #define ATTN_ROWS 4   /* query rows per register block */
 
 typedef struct attn_keys {
-    const float *k;   /* keys as rows (used when kt is NULL) */
+    const float *k;   /* keys as rows (used when tiles and kt are NULL) */
     size_t ldk;
     const float *kt;  /* or K^T (Dh, ldkt) */
     size_t ldkt;
     const float *v;   /* values as rows: value j at v + j*ldv */
     size_t ldv;
     int nk;           /* keys (>= 1) */
+    const void *const *tiles; /* or a paged cache: (ceil(nk / ATTN_KTILE)) tile blocks */
+    int tiles_bf16;           /* 1: tiles hold bf16 bits (uint16), 0: f32 */
 } attn_keys;
 
-/* Scratch floats one call with nq rows of head dim dh needs. */
+/* Scratch floats one call with nq rows of head dim dh needs, in every mode (the
+ * same size with tiles, bf16 or not: a bf16 tile is widened into the two
+ * (Dh, ATTN_KTILE) areas the other modes use for a transposed or gathered tile):
+ *   2*dh*ATTN_KTILE + ATTN_ROWS*ATTN_KTILE + nqp*dh + 2*nqp,
+ *   nqp = nq rounded up to a multiple of ATTN_ROWS. */
 size_t attn_scratch_floats(int nq, int dh);
 
-/* out row i at o + i*ldo, query row i at q + i*ldq; limit (nq) or NULL. */
+/* out row i at o + i*ldo, query row i at q + i*ldq; limit (nq) or NULL; scratch
+ * (attn_scratch_floats(nq, dh)) floats. */
 typedef void (*attn_block_fn)(float *o, size_t ldo, const float *q, size_t ldq, int nq,
                               const int32_t *limit, const attn_keys *kv, int dh, float scale,
                               float *scratch);

@@ -2,7 +2,8 @@
  * attention_simd.h - the body of attn_block_<isa>, written once and included by
  * attention.c for each vector width (a template by macros: attention.c defines the
  * vector type V, its width VL, the target attribute TGT and the few operations
- * below before each inclusion). Not a public header.
+ * below, VWIDEN_BF16(dst, src, n) widening n (a multiple of VL) bf16 to f32
+ * included, before each inclusion). Not a public header.
  *
  *   SB  key vectors per score sub-block (SB * VL keys, ATTN_ROWS rows at a time)
  *   CV  dim vectors per P V chunk (ATTN_ROWS * CV accumulators)
@@ -174,6 +175,61 @@ TGT static void AFN(pv)(float *acc, const float *pt, const float *corr, const fl
 }
 #undef PV_CHUNK
 
+/* Key tile t0 (jn keys): *kt (dh, KTILE) at stride *ldt, values (jn, dh) at stride
+ * *ldv. The caller's K^T in place for a full tile, else the scratch kts (a copy, or
+ * K transposed), zero past the last key; strided values gathered into vts. A paged
+ * tile in place (f32) or widened into kts, vts (bf16), its keys past the last one
+ * whatever they hold (their scores are masked, their values not read). */
+TGT static inline void AFN(tile)(const float **kt, size_t *ldt, const float **vt, size_t *ldv,
+                                 const attn_keys *kv, int t0, int jn, int dh, float *kts,
+                                 float *vts) {
+    if (kv->tiles) {
+        const void *tile = kv->tiles[t0 / ATTN_KTILE];
+        if (kv->tiles_bf16) { /* K^T whole, then the jn values: contiguous in the
+                               * tile and in the scratch (vts follows kts) */
+            VWIDEN_BF16(kts, (const uint16_t *)tile, (size_t)dh * ATTN_KTILE + (size_t)jn * dh);
+            *kt = kts;
+        } else {
+            *kt = (const float *)tile;
+        }
+        *ldt = ATTN_KTILE;
+        *vt = *kt + (size_t)dh * ATTN_KTILE;
+        *ldv = (size_t)dh;
+        return;
+    }
+    *kt = kts;
+    *ldt = ATTN_KTILE;
+    if (kv->kt && jn == ATTN_KTILE) {
+        *kt = kv->kt + t0;
+        *ldt = kv->ldkt;
+    } else if (kv->kt) {
+        for (int d = 0; d < dh; d++)
+            memcpy(kts + (size_t)d * ATTN_KTILE, kv->kt + (size_t)d * kv->ldkt + t0,
+                   sizeof(float) * (size_t)jn);
+    } else {
+        const float *k0 = kv->k + (size_t)t0 * kv->ldk;
+        int j = 0;
+        for (; j + 8 <= jn; j += 8)
+            for (int d = 0; d < dh; d += 8)
+                transpose8(kts + (size_t)d * ATTN_KTILE + j, ATTN_KTILE,
+                           k0 + (size_t)j * kv->ldk + d, kv->ldk);
+        for (; j < jn; j++)
+            for (int d = 0; d < dh; d++) kts[(size_t)d * ATTN_KTILE + j] = k0[(size_t)j * kv->ldk + d];
+    }
+    if (jn < ATTN_KTILE)
+        for (int d = 0; d < dh; d++)
+            memset(kts + (size_t)d * ATTN_KTILE + jn, 0, sizeof(float) * (size_t)(ATTN_KTILE - jn));
+    *vt = kv->v + (size_t)t0 * kv->ldv;
+    *ldv = kv->ldv;
+    if (*ldv != (size_t)dh) { /* gather strided value rows into a dense tile (rows a
+                               * multiple of 1 KiB apart would share L1 sets) */
+        for (int j = 0; j < jn; j++)
+            memcpy(vts + (size_t)j * dh, *vt + (size_t)j * *ldv, sizeof(float) * (size_t)dh);
+        *vt = vts;
+        *ldv = (size_t)dh;
+    }
+}
+
 TGT void AFN(attn_block)(float *o, size_t ldo, const float *q, size_t ldq, int nq,
                          const int32_t *limit, const attn_keys *kv, int dh, float scale,
                          float *scratch) {
@@ -200,39 +256,9 @@ TGT void AFN(attn_block)(float *o, size_t ldo, const float *q, size_t ldq, int n
     if (lim_max > nk) lim_max = nk;
     for (int t0 = 0; t0 < lim_max; t0 += ATTN_KTILE) {
         const int jn = nk - t0 < ATTN_KTILE ? nk - t0 : ATTN_KTILE;
-        /* K^T tile (dh, KTILE): the caller's K^T in place for a full tile, else the
-         * scratch (a copy, or K transposed), zero past the last key */
-        const float *kt = kts;
-        size_t ldt = ATTN_KTILE;
-        if (kv->kt && jn == ATTN_KTILE) {
-            kt = kv->kt + t0;
-            ldt = kv->ldkt;
-        } else if (kv->kt) {
-            for (int d = 0; d < dh; d++)
-                memcpy(kts + (size_t)d * ATTN_KTILE, kv->kt + (size_t)d * kv->ldkt + t0,
-                       sizeof(float) * (size_t)jn);
-        } else {
-            const float *k0 = kv->k + (size_t)t0 * kv->ldk;
-            int j = 0;
-            for (; j + 8 <= jn; j += 8)
-                for (int d = 0; d < dh; d += 8)
-                    transpose8(kts + (size_t)d * ATTN_KTILE + j, ATTN_KTILE,
-                               k0 + (size_t)j * kv->ldk + d, kv->ldk);
-            for (; j < jn; j++)
-                for (int d = 0; d < dh; d++) kts[(size_t)d * ATTN_KTILE + j] = k0[(size_t)j * kv->ldk + d];
-        }
-        if (jn < ATTN_KTILE)
-            for (int d = 0; d < dh; d++)
-                memset(kts + (size_t)d * ATTN_KTILE + jn, 0, sizeof(float) * (size_t)(ATTN_KTILE - jn));
-        const float *vt = kv->v + (size_t)t0 * kv->ldv;
-        size_t ldv = kv->ldv;
-        if (ldv != (size_t)dh) { /* gather strided value rows into a dense tile (rows a
-                                  * multiple of 1 KiB apart would share L1 sets) */
-            for (int j = 0; j < jn; j++)
-                memcpy(vts + (size_t)j * dh, vt + (size_t)j * ldv, sizeof(float) * (size_t)dh);
-            vt = vts;
-            ldv = (size_t)dh;
-        }
+        const float *kt, *vt;
+        size_t ldt, ldv;
+        AFN(tile)(&kt, &ldt, &vt, &ldv, kv, t0, jn, dh, kts, vts);
         for (int r0 = 0; r0 < nq; r0 += ATTN_ROWS) {
             const float *qr[ATTN_ROWS];
             int nvalid[ATTN_ROWS], any = 0;
