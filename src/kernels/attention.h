@@ -30,12 +30,14 @@
  * tiles[t] of 2 * ATTN_KTILE * Dh elements, K^T (Dh, ATTN_KTILE) then V (ATTN_KTILE,
  * Dh): element d of key j at [d*ATTN_KTILE + j], of value j at [ATTN_KTILE*Dh +
  * j*Dh + d]. The elements are f32 (tiles_bf16 = 0), read in place, or bf16
- * (tiles_bf16 = 1: raw uint16 bits), widened once per tile and call into the
- * scratch, so a bf16 call gives exactly what the f32 call gives on the widened
- * values, and either gives, bit for bit, what the rows mode gives on the same keys.
+ * (tiles_bf16 = 1: raw uint16 bits), widened into the scratch once per tile and
+ * call (for all the call's rows), so a bf16 call gives exactly what the f32 call
+ * gives on the widened values, and either gives, bit for bit, what the rows mode
+ * gives on the same keys (the same tile grid and arithmetic).
  * Every tile up to key nk - 1 must be a whole block (the kernels read the K^T of
  * the last tile whole); its keys >= nk may hold any bits (NaN too) and never reach
  * a result: their scores are replaced by -inf and their values are never read.
+ * No alignment is required (64 bytes avoids split loads).
  *
  * f32 arithmetic throughout; the SIMD versions differ from _ref by summation order
  * and by their exp (a few ulp).
@@ -43,6 +45,7 @@
  *   attn_keys kv = {.k = K, .ldk = Dh, .v = V, .ldv = Dh, .nk = n};
  *   akern.block(out, Dh, q, Dh, nq, NULL, &kv, Dh, 1 / sqrtf(Dh), scratch);
  *   // scratch: attn_scratch_floats(nq, Dh) floats, per thread
+ *   attn_keys pk = {.nk = n, .tiles = blocks, .tiles_bf16 = 1}; // paged, bf16
  */
 #ifndef ERGO_ATTENTION_H
 #define ERGO_ATTENTION_H
@@ -56,7 +59,7 @@
 #define ATTN_ROWS 4   /* query rows per register block */
 
 typedef struct attn_keys {
-    const float *k;   /* keys as rows (used when kt is NULL) */
+    const float *k;   /* keys as rows (used when tiles and kt are NULL) */
     size_t ldk;
     const float *kt;  /* or K^T (Dh, ldkt) */
     size_t ldkt;
