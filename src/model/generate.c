@@ -82,10 +82,14 @@ void gen_request_finish(gen_request *g) {
     sampler_free(&g->sp);
 }
 
+static void fail_with(gen_request *g, ergo_status s, const ergo_error *e);
+
 static void finish_with(gen_request *g, stop_reason why) {
     g->out->reason = why;
     g->finished = 1;
 }
+
+void gen_request_fail(gen_request *g, ergo_status s, const ergo_error *e) { fail_with(g, s, e); }
 
 static void fail_with(gen_request *g, ergo_status s, const ergo_error *e) {
     g->status = s;
@@ -96,6 +100,13 @@ static void fail_with(gen_request *g, ergo_status s, const ergo_error *e) {
 /* Chooses, streams and checks one token of g: what one turn of
  * GenerationMixin._sample's loop does before the forward. Leaves g->next to append
  * unless g finished. */
+static void choose_token(gen_request *g);
+
+int gen_request_choose(gen_request *g) {
+    if (!g->finished) choose_token(g);
+    return !g->finished;
+}
+
 static void choose_token(gen_request *g) {
     const generate_params *p = &g->p;
     session *s = g->s;
@@ -144,7 +155,7 @@ static void feed(gen_request *const *fed, text_seq *seqs, int n_fed, text_state 
     for (int k = 0; k < n_fed; k++) {
         if (r) {
             session_abort(fed[k]->s);
-            fail_with(fed[k], r, &ferr);
+            gen_request_fail(fed[k], r, &ferr);
         } else {
             session_commit(fed[k]->s);
         }
@@ -161,12 +172,10 @@ ergo_status generate_step(gen_request *const *reqs, int n, text_state *st, int *
         int n_fed = 0;
         for (int i = i0; i < i1; i++) {
             gen_request *g = reqs[i];
-            if (g->finished) continue;
-            choose_token(g);
-            if (g->finished) continue;
+            if (!gen_request_choose(g)) continue;
             ergo_status r = session_prepare(g->s, &g->next, 1, NULL, 0, NULL, g->logits,
                                             &seqs[n_fed], &g->err);
-            if (r) fail_with(g, r, &g->err);
+            if (r) gen_request_fail(g, r, &g->err);
             else fed[n_fed++] = g;
         }
         /* feed the tokens back: their logits choose the next ones */

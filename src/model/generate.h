@@ -103,6 +103,14 @@ ergo_status gen_request_init(gen_request *g, session *s, const tokenizer *tok,
  * (call once per request, finished or not; a request cut short gets STOP_CALLER). */
 void gen_request_finish(gen_request *g);
 
+/* The first half of a step for one request (for schedulers that add other rows to the
+ * step's forward): chooses, streams and checks its next token; 1 when that token
+ * (g->next) must now be appended to its session (session_prepare with g->logits as
+ * the logits, a batched forward, session_commit), 0 when the request finished. */
+int gen_request_choose(gen_request *g);
+/* Finishes a request with a failure (e.g. the forward that carried its token). */
+void gen_request_fail(gen_request *g, ergo_status s, const ergo_error *e);
+
 /* One token for every unfinished request of reqs (n of them), then one batched
  * forward for those that continue. *n_running = requests still unfinished. A failure
  * of one request (its callback, tokenizer) finishes it with its status; a failed
