@@ -19,6 +19,8 @@
 #include "io/hub.h"
 #include "pipeline/ergo.h"
 #include "pipeline/viz.h"
+#include "runtime/context.h"
+#include "runtime/engine.h"
 
 #define MAX_OPTIONS 32
 
@@ -283,18 +285,18 @@ typedef struct item {
 } item;
 
 /* Runs the modes on one item; *out gets the JSON (mode both: both and ratios). */
-static ergo_status run_item(ergo_engine *e, const options *o, const item *it, json_t **out,
+static ergo_status run_item(context *c, const options *o, const item *it, json_t **out,
                             ergo_error *err) {
     image img = {0};
     ergo_status s = image_decode_file(&img, it->image, NULL, err);
     if (s) return s;
     ergo_result er = {0}, br = {0};
     if (o->mode & MODE_ERGO) {
-        s = ergo_run(e, &o->run, &img, &it->q, &er, err);
+        s = ergo_run(c, &o->run, &img, &it->q, &er, err);
         if (!s && o->save_crop) s = viz_write_png(&er.stage2_image, o->save_crop, err);
         if (!s && o->save_viz) s = viz_render(&er, o->save_viz, err);
     }
-    if (!s && (o->mode & MODE_BASELINE)) s = ergo_run_baseline(e, &o->run, &img, &it->q, &br, err);
+    if (!s && (o->mode & MODE_BASELINE)) s = ergo_run_baseline(c, &o->run, &img, &it->q, &br, err);
     if (!s) {
         if (o->mode == MODE_BOTH) {
             double tb = total_ms(&br), te = total_ms(&er);
@@ -331,7 +333,7 @@ static int print_json(json_t *j) {
 
 /* ---------------------------------------------------------------- batch */
 
-static int run_batch(ergo_engine *e, options *o) {
+static int run_batch(context *c, options *o) {
     char *data = NULL;
     size_t size = 0;
     ergo_error err = {0};
@@ -378,7 +380,7 @@ static int run_batch(ergo_engine *e, options *o) {
             if (msg) {
                 snprintf(buf, sizeof buf, "line %d: %s", line_no, msg);
                 msg = buf;
-            } else if (run_item(e, o, &it, &res, &err)) {
+            } else if (run_item(c, o, &it, &res, &err)) {
                 snprintf(buf, sizeof buf, "line %d: %s", line_no, err.msg);
                 msg = buf;
             }
@@ -410,23 +412,34 @@ int cmd_run(int argc, char **argv) {
     ergo_error err = {0};
     char dir[4096];
     if (hub_resolve_model(o.model, dir, sizeof dir, &err)) return fail(err.msg);
-    ergo_engine *e = calloc(1, sizeof *e);
-    if (!e) return fail("out of memory");
+    engine_options eo;
+    engine_options_default(&eo);
+    engine *e = calloc(1, sizeof *e);
+    context *c = calloc(1, sizeof *c);
+    if (!e || !c) {
+        free(e);
+        free(c);
+        return fail("out of memory");
+    }
     int rc = 0;
-    if (ergo_engine_load(e, dir, &err)) {
-        rc = fail(err.msg);
-    } else if (cli_quantize("run", &e->m, o.weights, o.weights_cache, dir, &err)) {
+    ergo_status s = cli_weights_options(&eo, o.weights, o.weights_cache, &err);
+    if (!s) s = engine_load(e, dir, &eo, &err);
+    if (!s) cli_engine_warning("run", e);
+    if (!s) s = context_init(c, e, &err);
+    if (s) {
         rc = fail(err.msg);
     } else if (o.batch) {
-        rc = run_batch(e, &o);
+        rc = run_batch(c, &o);
     } else {
         item it = {o.image, {o.question, o.options, o.n_options, o.postfix}};
         json_t *res = NULL;
-        if (run_item(e, &o, &it, &res, &err)) rc = fail(err.msg);
+        if (run_item(c, &o, &it, &res, &err)) rc = fail(err.msg);
         else if (o.json && !print_json(res)) rc = fail("cannot format the JSON output");
         json_decref(res);
     }
-    ergo_engine_free(e);
+    context_free(c);
+    engine_free(e);
+    free(c);
     free(e);
     if (fflush(stdout) != 0 && rc == 0) rc = fail("cannot write the output");
     return rc;
