@@ -46,29 +46,32 @@ static void check_ids(const tok_ids *got, const json_t *want, const char *label)
     free(w);
 }
 
-/* Vision rows of one image, as the engine makes them (preprocess + encode). */
-static float *rows_of(ergo_engine *e, const image *im, mrope_grid *g, int64_t *tokens) {
+/* Vision rows of one image, as the context makes them (preprocess + encode). */
+static float *rows_of(context *c, const image *im, mrope_grid *g, int64_t *tokens) {
     ergo_error err = {0};
-    preprocess_output po = {0};
-    if (preprocess_image(&e->pc, im, &po, &err)) return NULL;
-    *g = (mrope_grid){po.grid_t, po.grid_h, po.grid_w};
-    *tokens = mrope_grid_tokens(g, e->m.config.vision.merge);
-    float *rows = malloc(sizeof *rows * (size_t)*tokens * (size_t)e->m.config.text.hidden);
-    vision_state vs;
-    if (vision_state_init(&vs, &e->m.config.vision, (int)po.n_patches, &err) == ERGO_OK) {
-        vision_encode(&e->m, &vs, po.pixel_values, po.grid_t, po.grid_h, po.grid_w, rows, &err);
-        vision_state_free(&vs);
-    }
-    preprocess_output_free(&po);
+    context_image ci;
+    ergo_status st = context_encode_image(c, im, NULL, &ci, &err);
+    CHECK(st == ERGO_OK, "encode: %s", err.msg);
+    *g = ci.grid;
+    *tokens = ci.tokens;
+    float *rows = ci.rows; /* taken */
+    ci.rows = NULL;
+    context_image_free(&ci);
     return rows;
 }
 
 /* The stage-2 logits of the live session == one prefill of the whole conversation. */
-static void check_single_prefill(ergo_engine *e, const ergo_result *r, const char *name) {
+static void check_single_prefill(context *c, const ergo_result *r, const char *name) {
+    const engine *e = c->e;
     mrope_grid g[2];
     int64_t n1, n2;
-    float *a = rows_of(e, &r->stage1_image, &g[0], &n1);
-    float *b = rows_of(e, &r->stage2_image, &g[1], &n2);
+    float *a = rows_of(c, &r->stage1_image, &g[0], &n1);
+    float *b = rows_of(c, &r->stage2_image, &g[1], &n2);
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return;
+    }
     const int D = e->m.config.text.hidden, V = e->m.config.text.vocab_size;
     float *rows = malloc(sizeof *rows * (size_t)(n1 + n2) * D);
     float *logits = malloc(sizeof *logits * (size_t)V);
@@ -76,9 +79,9 @@ static void check_single_prefill(ergo_engine *e, const ergo_result *r, const cha
     memcpy(rows + n1 * D, b, sizeof *rows * (size_t)n2 * D);
     session s;
     ergo_error err = {0};
-    ergo_status st = session_init(&s, &e->m, &e->pool, 1 << 16, &err);
+    ergo_status st = session_init(&s, &e->m, &c->pool, 1 << 16, &err);
     if (!st)
-        st = session_append(&s, &e->st, r->conversation.v, (int)r->conversation.n, g, 2, rows,
+        st = session_append(&s, &c->st, r->conversation.v, (int)r->conversation.n, g, 2, rows,
                             logits, &err);
     CHECK(st == ERGO_OK, "%s: single prefill: %s", name, err.msg);
     char label[128];
@@ -91,7 +94,7 @@ static void check_single_prefill(ergo_engine *e, const ergo_result *r, const cha
     free(logits);
 }
 
-static void check_run(ergo_engine *e, const image *orig, const json_t *run) {
+static void check_run(context *c, const image *orig, const json_t *run) {
     const char *name = json_string_value(json_object_get(run, "name"));
     const json_t *forced = json_object_get(run, "stage1_text_forced");
     const json_t *s1 = json_object_get(run, "stage1"), *s2 = json_object_get(run, "stage2");
@@ -108,7 +111,7 @@ static void check_run(ergo_engine *e, const image *orig, const json_t *run) {
     o.stage1_text = json_string_value(forced);
     ergo_result r;
     ergo_error err = {0};
-    ergo_status st = ergo_run(e, &o, orig, &q, &r, &err);
+    ergo_status st = ergo_run(c, &o, orig, &q, &r, &err);
     CHECK(st == ERGO_OK, "%s: %s", name, err.msg);
     if (st) {
         ergo_result_free(&r);
@@ -195,7 +198,7 @@ static void check_run(ergo_engine *e, const image *orig, const json_t *run) {
     check_ids(&r.s2.ids, json_object_get(s2, "generated"), label);
     snprintf(label, sizeof label, "%s: stage-2 text", name);
     CHECK_EQ_STR(r.s2.text, json_string_value(json_object_get(s2, "text")), label);
-    if (!strcmp(name, "forced_box")) check_single_prefill(e, &r, name); /* one is enough (time) */
+    if (!strcmp(name, "forced_box")) check_single_prefill(c, &r, name); /* one is enough (time) */
     printf("  [pipeline] %s: stage 1 %d prompt + %zu ids, stage 2 %d prefilled of %d, "
            "top-64 logit error %.2g\n", name, n1, r.s1.ids.n, r.s2.prompt_tokens, n2, worst);
     free(p1);
@@ -204,7 +207,7 @@ static void check_run(ergo_engine *e, const image *orig, const json_t *run) {
 }
 
 /* ergo-only paths: an invalid box, the downsampled fallback, the baseline. */
-static void check_fallbacks(ergo_engine *e, const image *orig) {
+static void check_fallbacks(context *c, const image *orig) {
     ergo_question q = {"Where is the circle?", NULL, 0, NULL};
     ergo_options o;
     ergo_options_default(&o);
@@ -213,7 +216,7 @@ static void check_fallbacks(ergo_engine *e, const image *orig) {
     o.stage1_text = "<zoom>[300, 30, 40, 200]</zoom>"; /* x2 < x1: the reference raises */
     ergo_result r;
     ergo_error err = {0};
-    CHECK(ergo_run(e, &o, orig, &q, &r, &err) == ERGO_OK, "invalid box: %s", err.msg);
+    CHECK(ergo_run(c, &o, orig, &q, &r, &err) == ERGO_OK, "invalid box: %s", err.msg);
     CHECK(r.box_status == ZOOM_INVALID && r.view == ERGO_VIEW_FALLBACK_FULL &&
               strstr(r.crop.why, "x2 < x1"),
           "invalid box: %s, %s, \"%s\"", zoom_status_name(r.box_status), ergo_view_name(r.view),
@@ -223,13 +226,13 @@ static void check_fallbacks(ergo_engine *e, const image *orig) {
     ergo_result_free(&r);
     o.fallback = ERGO_FALLBACK_DOWNSAMPLED;
     o.stage1_text = "no box at all";
-    CHECK(ergo_run(e, &o, orig, &q, &r, &err) == ERGO_OK, "downsampled: %s", err.msg);
+    CHECK(ergo_run(c, &o, orig, &q, &r, &err) == ERGO_OK, "downsampled: %s", err.msg);
     CHECK(r.view == ERGO_VIEW_FALLBACK_DOWNSAMPLED && r.s2.vision_reused &&
               r.s2.vision_encodes == 0 && r.s2.vision_tokens == r.s1.vision_tokens,
           "downsampled fallback: view %s, reused %d, encodes %d", ergo_view_name(r.view),
           r.s2.vision_reused, r.s2.vision_encodes);
     ergo_result_free(&r);
-    CHECK(ergo_run_baseline(e, &o, orig, &q, &r, &err) == ERGO_OK, "baseline: %s", err.msg);
+    CHECK(ergo_run_baseline(c, &o, orig, &q, &r, &err) == ERGO_OK, "baseline: %s", err.msg);
     CHECK(r.baseline && r.s1.vision_tokens == 18 * 12 && r.s1.vision_encodes == 1 &&
               !r.s2.ran && r.s1.ids.n >= 1 && r.answer,
           "baseline: %lld vision tokens", (long long)r.s1.vision_tokens);
@@ -407,12 +410,14 @@ void test_pipeline(void) {
         ckpt_case_free(&c);
     }
     CHECK(ok, "pipeline checkpoint: %s", err.msg);
-    ergo_engine *e = calloc(1, sizeof *e);
+    engine *e = calloc(1, sizeof *e);
+    context *cx = calloc(1, sizeof *cx);
     image orig = {0};
     char img[1024], rel[256];
     snprintf(rel, sizeof rel, "pipeline/%s", json_string_value(json_object_get(man, "image")));
     fixture(img, sizeof img, rel);
-    if (ok) ok = ergo_engine_load(e, dir, &err) == ERGO_OK;
+    if (ok) ok = engine_load(e, dir, NULL, &err) == ERGO_OK;
+    if (ok) ok = context_init(cx, e, &err) == ERGO_OK;
     if (ok) ok = image_decode_file(&orig, img, NULL, &err) == ERGO_OK;
     CHECK(ok, "pipeline engine: %s", err.msg);
     if (ok) {
@@ -420,12 +425,14 @@ void test_pipeline(void) {
         size_t i;
         const json_t *run;
         CHECK(json_array_size(runs) == 3, "pipeline fixtures: %zu runs", json_array_size(runs));
-        json_array_foreach(runs, i, run) check_run(e, &orig, run);
-        check_fallbacks(e, &orig);
+        json_array_foreach(runs, i, run) check_run(cx, &orig, run);
+        check_fallbacks(cx, &orig);
     }
     if (ok) check_cli(dir, img);
     image_free(&orig);
-    ergo_engine_free(e);
+    context_free(cx);
+    engine_free(e);
+    free(cx);
     free(e);
     json_decref(man);
 }

@@ -5,7 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model/quantize.h"
+#include "kernels/quant.h"
+#include "runtime/engine.h"
 
 int cli_fail(const char *command, const char *msg) {
     fprintf(stderr, "ergo %s: ", command);
@@ -30,25 +31,27 @@ int cli_parse_long(const char *s, long long lo, long long hi, long long *out) {
     return 1;
 }
 
-ergo_status cli_quantize(const char *command, model *m, const char *weights, const char *cache,
-                         const char *model_dir, ergo_error *err) {
+ergo_status cli_weights_options(engine_options *eo, const char *weights, const char *cache,
+                                ergo_error *err) {
     const int f = weights ? quant_format_parse(weights) : QUANT_NONE;
     if (f < 0)
         return ergo_fail(err, ERGO_E_ARG, "--weights %.40s: use bf16 (as stored), q8 or q4",
                          weights);
-    if (f == QUANT_NONE) return ERGO_OK;
-    char path[4096];
-    quantize_opts qo = {.format = (quant_format)f, .release_source = 1};
-    ergo_status s;
-    if ((!cache || !strcmp(cache, "auto")) && model_dir) {
-        if ((s = quant_cache_default_path(path, sizeof path, model_dir, qo.format, err))) return s;
-        qo.cache_path = path;
-    } else if (cache && strcmp(cache, "off") && strcmp(cache, "auto")) {
-        qo.cache_path = cache;
-    }
-    quantize_report r;
-    if ((s = model_quantize(m, &qo, &r, err))) return s;
-    if (qo.cache_path && !r.from_cache && !r.cache_written)
-        fprintf(stderr, "ergo %s: warning: %s\n", command, r.cache_note);
+    eo->weights = (quant_format)f;
+    eo->weights_cache = cache;
     return ERGO_OK;
+}
+
+const char cli_kv_help[] =
+    "--kv-dtype f32|bf16: how the KV cache keeps keys and values (f32, the default: the\n"
+    "reference's numbers; bf16 halves the cache's memory and what decode reads at long\n"
+    "context, at the accuracy tests/test_quant_model.c states).\n";
+
+ergo_status cli_kv_options(engine_options *eo, const char *name, ergo_error *err) {
+    eo->kv_dtype = KV_F32;
+    return name ? kv_dtype_parse(name, &eo->kv_dtype, err) : ERGO_OK;
+}
+
+void cli_engine_warning(const char *command, const engine *e) {
+    if (e->warning[0]) fprintf(stderr, "ergo %s: warning: %s\n", command, e->warning);
 }

@@ -30,6 +30,8 @@
 #include "model/text.h"
 #include "model/vision.h"
 #include "model/weights.h"
+#include "runtime/context.h"
+#include "runtime/engine.h"
 
 #define MAX_REPS 50
 #define MAX_LIST 8
@@ -179,7 +181,8 @@ static int fail(ergo_error *err) {
     return 1;
 }
 
-static int bench_vision(const model *m, const opts *o, const limits_ctx *L, json_t *out) {
+static int bench_vision(context *cx, const opts *o, const limits_ctx *L, json_t *out) {
+    const model *m = &cx->e->m;
     const vision_config *c = &m->config.vision;
     ergo_error err = {0};
     int max_patches = 0;
@@ -189,13 +192,13 @@ static int bench_vision(const model *m, const opts *o, const limits_ctx *L, json
         if (4 * hms[i] * wms[i] > max_patches) max_patches = 4 * hms[i] * wms[i];
     }
     if (!max_patches) return 0;
-    vision_state vs;
-    if (vision_state_init(&vs, c, max_patches, &err)) return fail(&err);
+    if (context_reserve_vision(cx, max_patches, &err)) return fail(&err);
+    vision_state *vs = &cx->vs;
     const int row = c->in_channels * c->temporal_patch * c->patch * c->patch;
     float *pix = malloc(sizeof *pix * (size_t)max_patches * row);
     float *emb = malloc(sizeof *emb * (size_t)(max_patches / 4) * c->out_hidden);
     if (!pix || !emb) {
-        free(pix), free(emb), vision_state_free(&vs);
+        free(pix), free(emb), context_release_vision(cx);
         fprintf(stderr, "ergo bench: out of memory for %d patches\n", max_patches);
         return 1;
     }
@@ -210,15 +213,15 @@ static int bench_vision(const model *m, const opts *o, const limits_ctx *L, json
         }
         for (int r = 0; r < o->reps; r++) {
             double t0 = now_ms();
-            if (vision_encode(m, &vs, pix, 1, 2 * hm, 2 * wm, emb, &err)) {
-                free(pix), free(emb), vision_state_free(&vs);
+            if (vision_encode(m, vs, pix, 1, 2 * hm, 2 * wm, emb, &err)) {
+                free(pix), free(emb), context_release_vision(cx);
                 return fail(&err);
             }
             tot[r] = now_ms() - t0;
             win[r] = full[r] = 0;
             for (int l = 0; l < c->depth; l++) {
-                if (vision_layer_is_full_attention(c, l)) full[r] += vs.layer_ms[1 + l];
-                else win[r] += vs.layer_ms[1 + l];
+                if (vision_layer_is_full_attention(c, l)) full[r] += vs->layer_ms[1 + l];
+                else win[r] += vs->layer_ms[1 + l];
             }
         }
         stat3 st = stats(tot, o->reps), sw = stats(win, o->reps), sf = stats(full, o->reps);
@@ -250,7 +253,8 @@ static int bench_vision(const model *m, const opts *o, const limits_ctx *L, json
                            w_per, "fraction_of_peak", fr_w, "full_blocks", "count", n_full, "ms",
                            jstat(sf), "us_per_block_per_token", f_per, "fraction_of_peak", fr_f));
     }
-    free(pix), free(emb), vision_state_free(&vs);
+    /* the vision scratch goes before the text phases (peak memory as before) */
+    free(pix), free(emb), context_release_vision(cx);
     return 0;
 }
 
@@ -296,8 +300,9 @@ static ergo_status fill_context(const text_config *t, kv_pool *pool, kv_seq *kv,
     return ERGO_OK;
 }
 
-static int bench_text(const model *m, const opts *o, const limits_ctx *L, json_t *jpf,
+static int bench_text(context *cx, const opts *o, const limits_ctx *L, json_t *jpf,
                       json_t *jdc) {
+    const model *m = &cx->e->m;
     const text_config *t = &m->config.text;
     ergo_error err = {0};
     int max_ctx = 1, max_b = 1;
@@ -465,54 +470,60 @@ int bench_model_main(int argc, char **argv) {
         fprintf(stderr, "ergo bench: --random takes 7b or 3b, not %s\n", o.random);
         return 2;
     }
-    if (o.threads) omp_set_num_threads(o.threads);
-    const int threads = o.threads ? o.threads : omp_get_max_threads();
+    /* the engine: the model (a checkpoint, or random weights of a real shape built in
+     * memory), its quantisation, the threads, the kernels' ISA; the timing loops
+     * below run on one context's states directly */
+    engine_options eo;
+    engine_options_default(&eo);
+    eo.weights = o.weights ? (quant_format)quant_format_parse(o.weights) : QUANT_NONE;
+    eo.weights_cache = o.weights_cache;
+    eo.n_threads = o.threads;
+    eo.prefill_chunk = o.chunk;
+    eo.model_only = 1;
     ergo_error err = {0};
-    if (kernels_init(NULL, &err)) return fail(&err);
+    engine e;
+    ergo_status st;
+    double load_ms = 0;
+    if (o.model_dir) {
+        st = engine_load(&e, o.model_dir, &eo, &err);
+        load_ms = e.load_ms;
+    } else {
+        model m;
+        ckpt_case c;
+        if (o.threads) omp_set_num_threads(o.threads); /* the fill's threads too */
+        double t0 = now_ms();
+        st = !strcmp(o.random, "3b") ? ckpt_case_3b(&c, o.text_layers, o.vision_layers, 1234, &err)
+                                     : ckpt_case_7b(&c, o.text_layers, o.vision_layers, 1234, &err);
+        if (st) return fail(&err);
+        st = random_checkpoint_fill(&m, &c, &err);
+        ckpt_case_free(&c);
+        if (st) return fail(&err);
+        load_ms = now_ms() - t0;
+        st = engine_from_model(&e, &m, &eo, &err);
+    }
+    context cx = {0};
+    if (!st) st = context_init(&cx, &e, &err);
+    if (st) {
+        engine_free(&e);
+        return fail(&err);
+    }
+    const int threads = o.threads ? o.threads : omp_get_max_threads();
+    const model *mp = &e.m;
+    const quant_format qf = e.weights;
+    const quantize_report qr = e.quant;
 
     limits_ctx L = {0};
     if (o.probe_seconds > 0) probe_run(&L.lim, threads, o.probe_seconds);
     L.peak_f32 = kern.isa == ISA_AVX512 ? L.lim.fma_avx512_gflops : L.lim.fma_avx2_gflops;
     if (L.peak_f32 <= 0) L.peak_f32 = 1e30; /* no probe: fractions print as 0 */
 
-    model m;
-    double t0 = now_ms();
-    if (o.model_dir) {
-        if (model_load(&m, o.model_dir, &err)) return fail(&err);
-    } else {
-        ckpt_case c;
-        ergo_status s = !strcmp(o.random, "3b")
-                            ? ckpt_case_3b(&c, o.text_layers, o.vision_layers, 1234, &err)
-                            : ckpt_case_7b(&c, o.text_layers, o.vision_layers, 1234, &err);
-        if (s) return fail(&err);
-        s = random_checkpoint_fill(&m, &c, &err);
-        ckpt_case_free(&c);
-        if (s) return fail(&err);
-    }
-    double load_ms = now_ms() - t0;
-    const quant_format qf = o.weights ? (quant_format)quant_format_parse(o.weights) : QUANT_NONE;
-    quantize_report qr = {0};
-    if (qf != QUANT_NONE) {
-        char cache[4096];
-        quantize_opts qo = {.format = qf, .release_source = 1};
-        if (o.model_dir && (!o.weights_cache || !strcmp(o.weights_cache, "auto"))) {
-            if (quant_cache_default_path(cache, sizeof cache, o.model_dir, qf, &err)) return fail(&err);
-            qo.cache_path = cache;
-        } else if (o.weights_cache && strcmp(o.weights_cache, "off") && strcmp(o.weights_cache, "auto")) {
-            qo.cache_path = o.weights_cache;
-        }
-        if (model_quantize(&m, &qo, &qr, &err)) {
-            model_free(&m);
-            return fail(&err);
-        }
-    }
     param_counts pc;
-    weights_count(&m.weights, &m.config, &pc);
+    weights_count(&mp->weights, &mp->config, &pc);
     const char *matmul = kern.matmul_block ? "blocked" : "dot";
     o.tab = o.json ? stderr : stdout;
     {
         fprintf(o.tab, "model: %s (%d text layers, %d vision blocks, %.2f GB of weights), loaded in %.1f s\n",
-               m.ckpt.dir, m.config.text.n_layers, m.config.vision.depth, (double)pc.bytes / 1e9,
+               mp->ckpt.dir, mp->config.text.n_layers, mp->config.vision.depth, (double)pc.bytes / 1e9,
                load_ms / 1e3);
         fprintf(o.tab, "threads %d, isa %s, matmul %s, reps %d\n", threads, cpu_isa_name(kern.isa), matmul,
                o.reps);
@@ -528,8 +539,8 @@ int bench_model_main(int argc, char **argv) {
         fflush(o.tab);
     }
     json_t *jv = json_array(), *jpf = json_array(), *jdc = json_array();
-    int status = bench_vision(&m, &o, &L, jv);
-    if (!status) fflush(o.tab), status = bench_text(&m, &o, &L, jpf, jdc);
+    int status = bench_vision(&cx, &o, &L, jv);
+    if (!status) fflush(o.tab), status = bench_text(&cx, &o, &L, jpf, jdc);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double rss_mb = (double)ru.ru_maxrss / 1024.0;
@@ -537,9 +548,9 @@ int bench_model_main(int argc, char **argv) {
         if (o.json) {
             json_t *root = json_pack(
                 "{s:s, s:s, s:f, s:i, s:i, s:f, s:i, s:s, s:s, s:i, s:f, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:o, s:o, s:o, s:f}",
-                "model", m.ckpt.dir, "weights", qf == QUANT_NONE ? "as-stored" : quant_format_name(qf),
-                "quantize_ms", qr.ms, "text_layers", m.config.text.n_layers, "vision_blocks",
-                m.config.vision.depth, "weight_bytes", (double)pc.bytes, "threads", threads, "isa",
+                "model", mp->ckpt.dir, "weights", qf == QUANT_NONE ? "as-stored" : quant_format_name(qf),
+                "quantize_ms", qr.ms, "text_layers", mp->config.text.n_layers, "vision_blocks",
+                mp->config.vision.depth, "weight_bytes", (double)pc.bytes, "threads", threads, "isa",
                 cpu_isa_name(kern.isa), "matmul", matmul, "reps", o.reps, "load_ms", load_ms,
                 "limits", "bandwidth_gbs", L.lim.bandwidth_gbs, "fma_avx512_gflops",
                 L.lim.fma_avx512_gflops, "fma_avx2_gflops", L.lim.fma_avx2_gflops,
@@ -556,6 +567,7 @@ int bench_model_main(int argc, char **argv) {
     } else {
         json_decref(jv), json_decref(jpf), json_decref(jdc);
     }
-    model_free(&m);
+    context_free(&cx);
+    engine_free(&e);
     return status;
 }

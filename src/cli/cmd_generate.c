@@ -11,25 +11,18 @@
 #include <string.h>
 #include <time.h>
 
-#include "base/clock.h"
 #include "base/file.h"
 #include "cli.h"
 #include "commands.h"
 #include "image/image.h"
-#include "image/preprocess.h"
-#include "kernels/kernels.h"
 #include "model/generate.h"
-#include "model/session.h"
-#include "model/text.h"
-#include "model/vision.h"
-#include "model/weights.h"
+#include "runtime/context.h"
+#include "runtime/engine.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 #define MAX_IMAGES 64
 #define MAX_STOPS 16
-/* Tokens per prefill chunk: bounds the text state (the (T, ffn) MLP buffers). */
-#define PREFILL_CHUNK 64
 
 static void usage(FILE *out) {
     fprintf(out,
@@ -38,7 +31,7 @@ static void usage(FILE *out) {
             "                     --top-k K --min-p P --seed S] [--repetition-penalty R]\n"
             "                     [--stop TEXT]... [--min-pixels N --max-pixels N] [--json]\n"
             "                     [--dump-logits FILE] [--weights bf16|q8|q4]\n"
-            "                     [--weights-cache auto|off|FILE]\n"
+            "                     [--weights-cache auto|off|FILE] [--kv-dtype f32|bf16]\n"
             "\n"
             "Answers one user turn: the images (in order) then TEXT, after an optional system\n"
             "message (the chat template's default one otherwise), rendered with DIR's chat\n"
@@ -63,6 +56,7 @@ static void usage(FILE *out) {
             "prompt position (vocab float32 values, little-endian) to FILE. The JSON also has\n"
             "timings_detail: ms in the vision blocks (also per block), the decoder layers and the\n"
             "lm_head.\n");
+    fputs(cli_kv_help, out);
 }
 
 static int fail(const char *msg) { return cli_fail("generate", msg); }
@@ -88,7 +82,7 @@ static int print_piece(void *ctx, const char *text, size_t len) {
 }
 
 typedef struct options {
-    const char *model, *prompt, *system, *dump_logits, *weights, *weights_cache;
+    const char *model, *prompt, *system, *dump_logits, *weights, *weights_cache, *kv_dtype;
     const char *images[MAX_IMAGES];
     int n_images;
     const char *stops[MAX_STOPS];
@@ -123,6 +117,7 @@ static int parse(options *o, int argc, char **argv, int *exit_code) {
         else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
         else if (!strcmp(a, "--weights")) o->weights = v;
         else if (!strcmp(a, "--weights-cache")) o->weights_cache = v;
+        else if (!strcmp(a, "--kv-dtype")) o->kv_dtype = v;
         else if (!strcmp(a, "--image")) {
             if (o->n_images == MAX_IMAGES) {
                 *exit_code = usage_error("more than %s images", "64");
@@ -164,90 +159,87 @@ static int parse(options *o, int argc, char **argv, int *exit_code) {
 
 /* Everything a run owns, freed in one place. */
 typedef struct run {
-    model m;
-    int model_loaded;
-    tokenizer *tok;
-    preprocess_output pre[MAX_IMAGES];
+    engine e;
+    context c;
+    int c_ready;
     mrope_grid grids[MAX_IMAGES];
-    float *vision;          /* (vision_tokens, D) */
-    vision_state vs;
-    int vs_ready;
-    text_state st;
-    kv_pool pool;
-    int pool_ready;
+    float *vision;          /* (vision_tokens, D) every image's rows, in order */
+    int64_t vision_tokens;
     session s;
+    int s_ready;
     tok_ids ids;
-    float *logits;          /* (V) */
     generate_result res;
+    /* where the time went: vision blocks (also per block, summed over the images),
+     * decoder layers, final norm + lm_head */
+    double t_vision, t_prefill, vision_blocks, prefill_layers, prefill_head;
+    double *per_block;      /* (vision depth) */
 } run;
 
-static void run_free(run *r, int n_images) {
+static void run_free(run *r) {
     generate_result_free(&r->res);
-    free(r->logits);
     tok_ids_free(&r->ids);
-    session_free(&r->s);
-    if (r->pool_ready) kv_pool_free(&r->pool);
-    text_state_free(&r->st);
-    if (r->vs_ready) vision_state_free(&r->vs);
+    if (r->s_ready) session_free(&r->s);
     free(r->vision);
-    for (int i = 0; i < n_images; i++) preprocess_output_free(&r->pre[i]);
-    tokenizer_free(r->tok);
-    if (r->model_loaded) model_free(&r->m);
+    free(r->per_block);
+    if (r->c_ready) context_free(&r->c);
+    engine_free(&r->e);
 }
 
-static ergo_status run_generate(run *r, const options *o, ergo_error *err) {
-    ergo_status s;
-    if ((s = kernels_init(NULL, err))) return s;
-    if ((s = model_load(&r->m, o->model, err))) return s;
-    r->model_loaded = 1;
-    if ((s = cli_quantize("generate", &r->m, o->weights, o->weights_cache, o->model, err))) return s;
-    const model_config *cfg = &r->m.config;
-    if ((s = tokenizer_load(&r->tok, o->model, err))) return s;
-    chat_template ct;
-    if ((s = chat_template_load(&ct, o->model, err))) return s;
-
-    /* image pre-processing with the checkpoint's processor settings */
-    preprocess_config pc;
-    char pc_path[4096];
-    if ((s = path_join(pc_path, sizeof pc_path, o->model, "preprocessor_config.json", err)))
-        return s;
-    if (file_exists(pc_path)) {
-        if ((s = preprocess_config_load(&pc, pc_path, err))) return s;
-    } else {
-        preprocess_config_default(&pc);
-    }
-    if (o->min_px) pc.min_pixels = o->min_px;
-    if (o->max_px) pc.max_pixels = o->max_px;
-    if (pc.min_pixels > pc.max_pixels)
-        return ergo_fail(err, ERGO_E_ARG, "min pixels %lld is above max pixels %lld",
-                         (long long)pc.min_pixels, (long long)pc.max_pixels);
-    /* the configured limit: no image may take more patches than max_pixels allows
-     * (the processor keeps a side of at least 28 px, so thin images can exceed it) */
-    const int64_t max_patches = pc.max_pixels / ((int64_t)pc.patch_size * pc.patch_size);
-    int64_t vision_tokens = 0;
-    chat_part parts[MAX_IMAGES + 1];
+/* The images through the processor and the encoder, their rows concatenated. */
+static ergo_status encode_images(run *r, const options *o, chat_part *parts, ergo_error *err) {
+    const model_config *cfg = &r->e.m.config;
+    const size_t D = (size_t)cfg->text.hidden;
     for (int i = 0; i < o->n_images; i++) {
         image img = {0};
-        if ((s = image_decode_file(&img, o->images[i], NULL, err))) return s;
-        s = preprocess_image(&pc, &img, &r->pre[i], err);
+        ergo_status s = image_decode_file(&img, o->images[i], NULL, err);
+        if (s) return s;
+        context_image im;
+        s = context_encode_image(&r->c, &img, NULL, &im, err);
         image_free(&img);
+        const size_t rows = (size_t)(r->vision_tokens + im.tokens);
+        float *grown = s ? NULL : realloc(r->vision, sizeof *grown * rows * D);
+        if (!s && !grown) s = ergo_fail(err, ERGO_E_NOMEM, "out of memory for the vision rows");
         if (s) {
+            context_image_free(&im);
             ergo_error_prefix(err, "%s: ", o->images[i]);
             return s;
         }
-        const preprocess_output *p = &r->pre[i];
-        if (p->n_patches > max_patches)
-            return ergo_fail(err, ERGO_E_LIMIT,
-                             "%s: its %dx%d patch grid (%lld patches, %dx%d px) exceeds the "
-                             "limit of %lld patches (max pixels %lld)",
-                             o->images[i], p->grid_h, p->grid_w, (long long)p->n_patches,
-                             p->width, p->height, (long long)max_patches,
-                             (long long)pc.max_pixels);
-        r->grids[i] = (mrope_grid){p->grid_t, p->grid_h, p->grid_w};
-        int64_t tokens = mrope_grid_tokens(&r->grids[i], cfg->vision.merge);
-        vision_tokens += tokens;
-        parts[i] = (chat_part){CHAT_IMAGE, NULL, 0, (int32_t)tokens};
+        r->vision = grown;
+        memcpy(r->vision + (size_t)r->vision_tokens * D, im.rows,
+               sizeof *im.rows * (size_t)im.tokens * D);
+        r->t_vision += im.vision_ms;
+        for (int l = 0; l < cfg->vision.depth; l++) {
+            r->vision_blocks += r->c.vs.layer_ms[1 + l];
+            r->per_block[l] += r->c.vs.layer_ms[1 + l];
+        }
+        r->grids[i] = im.grid;
+        r->vision_tokens += im.tokens;
+        parts[i] = (chat_part){CHAT_IMAGE, NULL, 0, (int32_t)im.tokens};
+        context_image_free(&im);
     }
+    return ERGO_OK;
+}
+
+/* Load, images, prompt, prefill, then decode. */
+static ergo_status run_generate(run *r, const options *o, ergo_error *err) {
+    engine_options eo;
+    engine_options_default(&eo);
+    eo.min_pixels = o->min_px;
+    eo.max_pixels = o->max_px;
+    ergo_status s = cli_weights_options(&eo, o->weights, o->weights_cache, err);
+    if (!s) s = cli_kv_options(&eo, o->kv_dtype, err);
+    if (!s) s = engine_load(&r->e, o->model, &eo, err);
+    if (s) return s;
+    cli_engine_warning("generate", &r->e);
+    const model_config *cfg = &r->e.m.config;
+    if ((s = context_init(&r->c, &r->e, err))) return s;
+    r->c_ready = 1;
+    if (!(r->per_block = calloc((size_t)cfg->vision.depth + 1, sizeof *r->per_block)))
+        return ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+
+    /* vision encoder: every image, its rows in the order of its pads */
+    chat_part parts[MAX_IMAGES + 1];
+    if ((s = encode_images(r, o, parts, err))) return s;
     parts[o->n_images] = (chat_part){CHAT_TEXT, o->prompt, strlen(o->prompt), 0};
 
     /* the conversation: [system], user [images..., text], generation prompt */
@@ -255,20 +247,42 @@ static ergo_status run_generate(run *r, const options *o, ergo_error *err) {
     int n_msgs = 0;
     if (o->system) msgs[n_msgs++] = (chat_message){"system", o->system, strlen(o->system), NULL, 0};
     msgs[n_msgs++] = (chat_message){"user", NULL, 0, parts, (size_t)o->n_images + 1};
-    if ((s = chat_encode(&ct, r->tok, msgs, (size_t)n_msgs, 1, &r->ids, err))) return s;
-    const int64_t context = cfg->text.max_position_embeddings;
-    if ((int64_t)r->ids.n > context) {
-        if (o->n_images && (int64_t)r->ids.n - vision_tokens <= context)
-            return ergo_fail(err, ERGO_E_LIMIT,
-                             "too many images for the context: %d image(s) take %lld vision "
-                             "tokens, making a prompt of %zu tokens; the context holds %lld",
-                             o->n_images, (long long)vision_tokens, r->ids.n, (long long)context);
-        return ergo_fail(err, ERGO_E_LIMIT,
-                         "the prompt is %zu tokens (%lld of them for %d image(s)), longer than "
-                         "the context of %lld tokens",
-                         r->ids.n, (long long)vision_tokens, o->n_images, (long long)context);
-    }
-    return ERGO_OK;
+    if ((s = chat_encode(&r->e.ct, r->e.tok, msgs, (size_t)n_msgs, 1, &r->ids, err))) return s;
+
+    /* prefill (a prompt over the context is refused here, before any work) */
+    if ((s = context_session_init(&r->c, &r->s, err))) return s;
+    r->s_ready = 1;
+    context_piece piece = {r->ids.v, (int)r->ids.n, r->grids, o->n_images, r->vision};
+    context_prefill_out pf;
+    if ((s = context_prefill(&r->c, &r->s, &piece, &pf, err))) return s;
+    r->t_prefill = pf.ms;
+    r->prefill_layers = r->c.st.ms_layers;
+    r->prefill_head = r->c.st.ms_head;
+    const int V = cfg->text.vocab_size;
+    if (o->dump_logits &&
+        (s = file_write_all(o->dump_logits, pf.logits, sizeof *pf.logits * (size_t)V, err)))
+        return s;
+
+    /* decode */
+    generate_params gp = {{0}, 0, NULL, 0, o->stops, o->n_stops};
+    const generation_config *g = &r->e.m.generation;
+    sampler_config_from_generation(&gp.sampling, g);
+    if (o->greedy) gp.sampling.do_sample = 0;
+    if (o->has_temp || o->has_top_p || o->has_top_k || o->has_min_p || o->has_seed)
+        gp.sampling.do_sample = 1;
+    if (o->has_temp) gp.sampling.temperature = o->temperature;
+    if (o->has_top_p) gp.sampling.top_p = o->top_p;
+    if (o->has_top_k) gp.sampling.top_k = (int)o->top_k;
+    if (o->has_min_p) gp.sampling.min_p = o->min_p;
+    if (o->has_seed) gp.sampling.seed = (uint64_t)o->seed;
+    if (o->has_penalty) gp.sampling.repetition_penalty = o->penalty;
+    gp.max_new_tokens = o->max_new >= 0 ? (int)o->max_new
+                        : g->max_new_tokens >= 0 ? g->max_new_tokens : 1024;
+    /* the checkpoint's eos ids only, as model.generate stops (not <|im_end|> unless listed) */
+    gp.stop_ids = g->eos_token_ids;
+    gp.n_stop_ids = g->n_eos;
+    return context_generate(&r->c, &r->s, pf.logits, &gp, o->json ? NULL : print_piece, NULL,
+                            &r->res, err);
 }
 
 int cmd_generate(int argc, char **argv) {
@@ -280,86 +294,7 @@ int cmd_generate(int argc, char **argv) {
     run *r = calloc(1, sizeof *r);
     if (!r) return fail("out of memory");
     ergo_status s = run_generate(r, &o, &err);
-    double t_vision = 0, t_prefill = 0;
-    /* where the time went: vision blocks, decoder layers, final norm + lm_head */
-    double vision_blocks = 0, prefill_layers = 0, prefill_head = 0;
-    const model_config *cfg = &r->m.config;
-    json_t *block_ms = json_array(); /* per vision block, summed over the images */
-    double *per_block = calloc((size_t)cfg->vision.depth + 1, sizeof *per_block);
-    if (!per_block) s = ergo_fail(&err, ERGO_E_NOMEM, "out of memory");
-    int64_t vision_tokens = 0;
-    for (int i = 0; i < o.n_images && !s; i++)
-        vision_tokens += mrope_grid_tokens(&r->grids[i], cfg->vision.merge);
-
-    /* vision encoder: every image, its rows in the order of its pads */
-    if (!s && o.n_images) {
-        int64_t largest = 0;
-        for (int i = 0; i < o.n_images; i++)
-            if (r->pre[i].n_patches > largest) largest = r->pre[i].n_patches;
-        const int D = cfg->text.hidden;
-        r->vision = malloc(sizeof *r->vision * (size_t)vision_tokens * D);
-        if (!r->vision) s = ergo_fail(&err, ERGO_E_NOMEM, "out of memory for the vision rows");
-        if (!s) s = vision_state_init(&r->vs, &cfg->vision, (int)largest, &err);
-        r->vs_ready = !s;
-        double t0 = now_ms();
-        size_t row = 0;
-        for (int i = 0; i < o.n_images && !s; i++) {
-            const preprocess_output *p = &r->pre[i];
-            s = vision_encode(&r->m, &r->vs, p->pixel_values, p->grid_t, p->grid_h, p->grid_w,
-                              r->vision + row * D, &err);
-            if (s) ergo_error_prefix(&err, "%s: ", o.images[i]);
-            for (int l = 0; !s && l < cfg->vision.depth; l++) {
-                vision_blocks += r->vs.layer_ms[1 + l];
-                per_block[l] += r->vs.layer_ms[1 + l];
-            }
-            row += (size_t)mrope_grid_tokens(&r->grids[i], cfg->vision.merge);
-        }
-        t_vision = now_ms() - t0;
-    }
-
-    /* prefill */
-    const int V = s ? 0 : cfg->text.vocab_size;
-    if (!s) s = text_state_init(&r->st, &cfg->text, PREFILL_CHUNK, &err);
-    if (!s) {
-        const kv_pool_config kc = text_kv_config(&cfg->text, KV_F32, 0);
-        s = kv_pool_init(&r->pool, &kc, &err);
-        r->pool_ready = !s;
-    }
-    if (!s) s = session_init(&r->s, &r->m, &r->pool, cfg->text.max_position_embeddings, &err);
-    if (!s && !(r->logits = malloc(sizeof *r->logits * (size_t)V)))
-        s = ergo_fail(&err, ERGO_E_NOMEM, "out of memory");
-    if (!s) {
-        double t0 = now_ms();
-        s = session_append(&r->s, &r->st, r->ids.v, (int)r->ids.n, r->grids, o.n_images,
-                           r->vision, r->logits, &err);
-        t_prefill = now_ms() - t0;
-        prefill_layers = r->st.ms_layers;
-        prefill_head = r->st.ms_head;
-    }
-    if (!s && o.dump_logits)
-        s = file_write_all(o.dump_logits, r->logits, sizeof *r->logits * (size_t)V, &err);
-
-    /* decode */
-    generate_params gp = {{0}, 0, NULL, 0, o.stops, o.n_stops};
-    if (!s) {
-        const generation_config *g = &r->m.generation;
-        sampler_config_from_generation(&gp.sampling, g);
-        if (o.greedy) gp.sampling.do_sample = 0;
-        if (o.has_temp || o.has_top_p || o.has_top_k || o.has_min_p || o.has_seed)
-            gp.sampling.do_sample = 1;
-        if (o.has_temp) gp.sampling.temperature = o.temperature;
-        if (o.has_top_p) gp.sampling.top_p = o.top_p;
-        if (o.has_top_k) gp.sampling.top_k = (int)o.top_k;
-        if (o.has_min_p) gp.sampling.min_p = o.min_p;
-        if (o.has_seed) gp.sampling.seed = (uint64_t)o.seed;
-        if (o.has_penalty) gp.sampling.repetition_penalty = o.penalty;
-        gp.max_new_tokens = o.max_new >= 0 ? (int)o.max_new
-                            : g->max_new_tokens >= 0 ? g->max_new_tokens : 1024;
-        gp.stop_ids = g->eos_token_ids;
-        gp.n_stop_ids = g->n_eos;
-        s = generate_run(&r->s, &r->st, r->tok, &gp, r->logits, o.json ? NULL : print_piece,
-                         NULL, &r->res, &err);
-    }
+    const model_config *cfg = &r->e.m.config;
     int rc = 0;
     if (s) {
         rc = fail(err.msg);
@@ -370,18 +305,21 @@ int cmd_generate(int argc, char **argv) {
         json_t *out = json_pack("{s:s%, s:o, s:I, s:I, s:s, s:{s:f, s:f, s:f}}", "text",
                                 r->res.text.s ? r->res.text.s : "", r->res.text.n, "token_ids",
                                 ids, "prompt_tokens", (json_int_t)r->ids.n, "vision_tokens",
-                                (json_int_t)vision_tokens, "stop_reason",
+                                (json_int_t)r->vision_tokens, "stop_reason",
                                 stop_reason_name(r->res.reason), "timings", "vision_encode",
-                                t_vision, "prefill", t_prefill, "decode", r->res.decode_ms);
+                                r->t_vision, "prefill", r->t_prefill, "decode", r->res.decode_ms);
         /* the split of those times (benchmarks: per layer = *_layers / layers / tokens) */
         json_t *detail = json_pack(
             "{s:i, s:i, s:f, s:f, s:f, s:f, s:f}", "text_layers", cfg->text.n_layers,
-            "vision_depth", cfg->vision.depth, "vision_blocks", vision_blocks, "prefill_layers",
-            prefill_layers, "prefill_head", prefill_head, "decode_layers",
-            r->st.ms_layers - prefill_layers, "decode_head", r->st.ms_head - prefill_head);
+            "vision_depth", cfg->vision.depth, "vision_blocks", r->vision_blocks,
+            "prefill_layers", r->prefill_layers, "prefill_head", r->prefill_head,
+            "decode_layers", r->c.st.ms_layers - r->prefill_layers, "decode_head",
+            r->c.st.ms_head - r->prefill_head);
+        json_t *block_ms = json_array(); /* per vision block, summed over the images */
         for (int l = 0; l < cfg->vision.depth && o.n_images; l++)
-            json_array_append_new(block_ms, json_real(per_block[l]));
+            json_array_append_new(block_ms, json_real(r->per_block[l]));
         if (detail) json_object_set(detail, "vision_block_ms", block_ms);
+        json_decref(block_ms);
         if (out && detail) json_object_set_new(out, "timings_detail", detail);
         else json_decref(detail);
         char *txt = out ? json_dumps(out, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
@@ -392,10 +330,8 @@ int cmd_generate(int argc, char **argv) {
     } else {
         fputc('\n', stdout);
     }
-    run_free(r, o.n_images);
+    run_free(r);
     free(r);
-    free(per_block);
-    json_decref(block_ms);
     if (fflush(stdout) != 0 && rc == 0) rc = fail("cannot write the output");
     return rc;
 }

@@ -19,6 +19,8 @@
 #include "io/hub.h"
 #include "pipeline/ergo.h"
 #include "pipeline/viz.h"
+#include "runtime/context.h"
+#include "runtime/engine.h"
 
 #define MAX_OPTIONS 32
 
@@ -28,7 +30,7 @@ static void usage(FILE *out) {
             "                [--postfix TEXT] [--mode ergo|baseline|both] [--max-vision-tokens N]\n"
             "                [--max-new-tokens N] [--fallback full|downsampled] [--json]\n"
             "                [--save-crop FILE.png] [--save-viz FILE.png] [--stage1-text TEXT]\n"
-            "                [--weights bf16|q8|q4] [--weights-cache auto|off|FILE]\n"
+            "                [--weights bf16|q8|q4] [--weights-cache auto|off|FILE] [--kv-dtype f32|bf16]\n"
             "                [--fixed-tokens S1,S2,BASELINE] [--box-text TEXT]\n"
             "       ergo run --model DIR|OWNER/NAME --batch FILE.jsonl [same options]\n"
             "\n"
@@ -78,6 +80,7 @@ static void usage(FILE *out) {
             "\n"
             "--model takes a local checkpoint directory or a hub id such as nota-ai/ERGO-7B\n"
             "(downloaded on first use into the Hugging Face cache; offline, pass a directory).\n");
+    fputs(cli_kv_help, out);
 }
 
 static int fail(const char *msg) { return cli_fail("run", msg); }
@@ -90,7 +93,7 @@ enum { MODE_ERGO = 1, MODE_BASELINE = 2, MODE_BOTH = 3 };
 
 typedef struct options {
     const char *model, *image, *question, *postfix, *batch, *save_crop, *save_viz;
-    const char *weights, *weights_cache;
+    const char *weights, *weights_cache, *kv_dtype;
     const char *options[MAX_OPTIONS];
     int n_options, mode, json;
     ergo_options run;
@@ -140,6 +143,7 @@ static int parse(options *o, int argc, char **argv, int *code) {
         else if (!strcmp(a, "--box-text")) o->run.box_text = v;
         else if (!strcmp(a, "--weights")) o->weights = v;
         else if (!strcmp(a, "--weights-cache")) o->weights_cache = v;
+        else if (!strcmp(a, "--kv-dtype")) o->kv_dtype = v;
         else if (!strcmp(a, "--fixed-tokens")) ok = parse_fixed(v, o->run.fixed_tokens);
         else if (!strcmp(a, "--option")) {
             if ((ok = o->n_options < MAX_OPTIONS)) o->options[o->n_options++] = v;
@@ -283,18 +287,18 @@ typedef struct item {
 } item;
 
 /* Runs the modes on one item; *out gets the JSON (mode both: both and ratios). */
-static ergo_status run_item(ergo_engine *e, const options *o, const item *it, json_t **out,
+static ergo_status run_item(context *c, const options *o, const item *it, json_t **out,
                             ergo_error *err) {
     image img = {0};
     ergo_status s = image_decode_file(&img, it->image, NULL, err);
     if (s) return s;
     ergo_result er = {0}, br = {0};
     if (o->mode & MODE_ERGO) {
-        s = ergo_run(e, &o->run, &img, &it->q, &er, err);
+        s = ergo_run(c, &o->run, &img, &it->q, &er, err);
         if (!s && o->save_crop) s = viz_write_png(&er.stage2_image, o->save_crop, err);
         if (!s && o->save_viz) s = viz_render(&er, o->save_viz, err);
     }
-    if (!s && (o->mode & MODE_BASELINE)) s = ergo_run_baseline(e, &o->run, &img, &it->q, &br, err);
+    if (!s && (o->mode & MODE_BASELINE)) s = ergo_run_baseline(c, &o->run, &img, &it->q, &br, err);
     if (!s) {
         if (o->mode == MODE_BOTH) {
             double tb = total_ms(&br), te = total_ms(&er);
@@ -331,7 +335,7 @@ static int print_json(json_t *j) {
 
 /* ---------------------------------------------------------------- batch */
 
-static int run_batch(ergo_engine *e, options *o) {
+static int run_batch(context *c, options *o) {
     char *data = NULL;
     size_t size = 0;
     ergo_error err = {0};
@@ -378,7 +382,7 @@ static int run_batch(ergo_engine *e, options *o) {
             if (msg) {
                 snprintf(buf, sizeof buf, "line %d: %s", line_no, msg);
                 msg = buf;
-            } else if (run_item(e, o, &it, &res, &err)) {
+            } else if (run_item(c, o, &it, &res, &err)) {
                 snprintf(buf, sizeof buf, "line %d: %s", line_no, err.msg);
                 msg = buf;
             }
@@ -410,23 +414,35 @@ int cmd_run(int argc, char **argv) {
     ergo_error err = {0};
     char dir[4096];
     if (hub_resolve_model(o.model, dir, sizeof dir, &err)) return fail(err.msg);
-    ergo_engine *e = calloc(1, sizeof *e);
-    if (!e) return fail("out of memory");
+    engine_options eo;
+    engine_options_default(&eo);
+    engine *e = calloc(1, sizeof *e);
+    context *c = calloc(1, sizeof *c);
+    if (!e || !c) {
+        free(e);
+        free(c);
+        return fail("out of memory");
+    }
     int rc = 0;
-    if (ergo_engine_load(e, dir, &err)) {
-        rc = fail(err.msg);
-    } else if (cli_quantize("run", &e->m, o.weights, o.weights_cache, dir, &err)) {
+    ergo_status s = cli_weights_options(&eo, o.weights, o.weights_cache, &err);
+    if (!s) s = cli_kv_options(&eo, o.kv_dtype, &err);
+    if (!s) s = engine_load(e, dir, &eo, &err);
+    if (!s) cli_engine_warning("run", e);
+    if (!s) s = context_init(c, e, &err);
+    if (s) {
         rc = fail(err.msg);
     } else if (o.batch) {
-        rc = run_batch(e, &o);
+        rc = run_batch(c, &o);
     } else {
         item it = {o.image, {o.question, o.options, o.n_options, o.postfix}};
         json_t *res = NULL;
-        if (run_item(e, &o, &it, &res, &err)) rc = fail(err.msg);
+        if (run_item(c, &o, &it, &res, &err)) rc = fail(err.msg);
         else if (o.json && !print_json(res)) rc = fail("cannot format the JSON output");
         json_decref(res);
     }
-    ergo_engine_free(e);
+    context_free(c);
+    engine_free(e);
+    free(c);
     free(e);
     if (fflush(stdout) != 0 && rc == 0) rc = fail("cannot write the output");
     return rc;

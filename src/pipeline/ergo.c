@@ -13,12 +13,6 @@
 #include <time.h>
 #include <utf8proc.h>
 
-#include "base/file.h"
-#include "kernels/kernels.h"
-
-/* Tokens per prefill chunk: bounds the text state (the (T, ffn) MLP buffers). */
-#define PREFILL_CHUNK 64
-
 const char ergo_system_prompt[] =
     "You are a helpful assistant. Given an image and one question. First, identify the "
     "coordinates of the key image area relevant to solving the problem. Append the "
@@ -49,50 +43,6 @@ void ergo_options_default(ergo_options *o) {
     o->max_vision_tokens = 1280;
     o->max_new_tokens = 1024;
     o->fallback = ERGO_FALLBACK_FULL;
-}
-
-ergo_status ergo_engine_load(ergo_engine *e, const char *dir, ergo_error *err) {
-    memset(e, 0, sizeof *e);
-    ergo_status s;
-    if ((s = kernels_init(NULL, err))) return s;
-    if ((s = model_load(&e->m, dir, err))) return s;
-    e->model_loaded = 1;
-    if ((s = tokenizer_load(&e->tok, dir, err))) return s;
-    if ((s = chat_template_load(&e->ct, dir, err))) return s;
-    char path[4096];
-    if ((s = path_join(path, sizeof path, dir, "preprocessor_config.json", err))) return s;
-    if (file_exists(path)) {
-        if ((s = preprocess_config_load(&e->pc, path, err))) return s;
-    } else {
-        preprocess_config_default(&e->pc);
-    }
-    const model_config *cfg = &e->m.config;
-    if ((s = text_state_init(&e->st, &cfg->text, PREFILL_CHUNK, err))) return s;
-    e->st_ready = 1;
-    const kv_pool_config kc = text_kv_config(&cfg->text, KV_F32, 0);
-    if ((s = kv_pool_init(&e->pool, &kc, err))) return s;
-    e->pool_ready = 1;
-    if (!(e->logits = malloc(sizeof *e->logits * (size_t)cfg->text.vocab_size)))
-        return ergo_fail(err, ERGO_E_NOMEM, "out of memory for the logits");
-    /* stop at the checkpoint's eos ids and always at <|im_end|> (the turn's end) */
-    const generation_config *g = &e->m.generation;
-    for (int i = 0; i < g->n_eos; i++) e->stop_ids[e->n_stop_ids++] = g->eos_token_ids[i];
-    int32_t im_end = tokenizer_token_id(e->tok, "<|im_end|>", 10);
-    if (im_end < 0) return ergo_fail(err, ERGO_E_FORMAT, "%s: the tokenizer has no <|im_end|>", dir);
-    int have = 0;
-    for (int i = 0; i < e->n_stop_ids; i++) have |= e->stop_ids[i] == im_end;
-    if (!have) e->stop_ids[e->n_stop_ids++] = im_end;
-    return ERGO_OK;
-}
-
-void ergo_engine_free(ergo_engine *e) {
-    free(e->logits);
-    if (e->vs_patches) vision_state_free(&e->vs);
-    if (e->st_ready) text_state_free(&e->st);
-    if (e->pool_ready) kv_pool_free(&e->pool);
-    tokenizer_free(e->tok);
-    if (e->model_loaded) model_free(&e->m);
-    memset(e, 0, sizeof *e);
 }
 
 void ergo_result_free(ergo_result *r) {
@@ -174,60 +124,45 @@ static char *concat(const char *a, const char *b) {
     return out;
 }
 
-/* One image's vision rows: the processor (its smart_resize within its limits, then
- * patches), then the encoder. rows is malloc'd (tokens, hidden). */
-static ergo_status encode_image(ergo_engine *e, const image *img, float **rows, mrope_grid *grid,
+/* One image's vision rows (the processor within its limits, then the encoder),
+ * recorded in the stage. The rows are the caller's (context_image_free). */
+static ergo_status encode_image(context *c, const image *img, context_image *im,
                                 ergo_stage *stage, ergo_error *err) {
-    const model_config *cfg = &e->m.config;
-    preprocess_output po = {0};
-    double t0 = now_ms();
-    ergo_status s = preprocess_image(&e->pc, img, &po, err);
-    stage->image_ms += now_ms() - t0;
-    if (s) return s;
-    *grid = (mrope_grid){po.grid_t, po.grid_h, po.grid_w};
-    stage->image_w = po.width;
-    stage->image_h = po.height;
-    stage->grid_t = po.grid_t;
-    stage->grid_h = po.grid_h;
-    stage->grid_w = po.grid_w;
-    stage->processor_resized = po.resized;
-    stage->vision_tokens = mrope_grid_tokens(grid, cfg->vision.merge);
-    if (po.n_patches > e->vs_patches) { /* grow the vision scratch to this image */
-        if (e->vs_patches) vision_state_free(&e->vs);
-        e->vs_patches = 0;
-        if ((s = vision_state_init(&e->vs, &cfg->vision, (int)po.n_patches, err))) goto done;
-        e->vs_patches = (int)po.n_patches;
-    }
-    *rows = malloc(sizeof **rows * (size_t)stage->vision_tokens * (size_t)cfg->text.hidden);
-    if (!*rows) {
-        s = ergo_fail(err, ERGO_E_NOMEM, "out of memory for %lld vision rows",
-                      (long long)stage->vision_tokens);
-        goto done;
-    }
-    t0 = now_ms();
-    s = vision_encode(&e->m, &e->vs, po.pixel_values, po.grid_t, po.grid_h, po.grid_w, *rows, err);
-    stage->vision_ms += now_ms() - t0;
-    stage->vision_encodes++;
-done:
-    preprocess_output_free(&po);
+    ergo_status s = context_encode_image(c, img, NULL, im, err);
+    stage->image_ms += im->image_ms;
+    stage->vision_ms += im->vision_ms;
+    stage->image_w = im->width;
+    stage->image_h = im->height;
+    stage->grid_t = im->grid.t;
+    stage->grid_h = im->grid.h;
+    stage->grid_w = im->grid.w;
+    stage->processor_resized = im->processor_resized;
+    stage->vision_tokens = im->tokens;
+    stage->vision_encodes += im->rows != NULL;
     return s;
 }
 
-static ergo_status prefill(ergo_engine *e, session *ss, const tok_ids *ids, const mrope_grid *grid,
-                           const float *rows, ergo_stage *stage, ergo_error *err) {
-    double t0 = now_ms();
-    ergo_status s = session_append(ss, &e->st, ids->v, (int)ids->n, grid, grid ? 1 : 0, rows,
-                                   e->logits, err);
-    stage->prefill_ms = now_ms() - t0;
+/* Appends one stage's prompt (with its image) to the session; the logits of its
+ * last token come back in *logits (c's buffer). */
+static ergo_status prefill(context *c, session *ss, const tok_ids *ids, const mrope_grid *grid,
+                           const float *rows, ergo_stage *stage, float **logits,
+                           ergo_error *err) {
+    context_piece p = {ids->v, (int)ids->n, grid, grid ? 1 : 0, rows};
+    context_prefill_out out;
+    ergo_status s = context_prefill(c, ss, &p, &out, err);
+    stage->prefill_ms = out.ms;
     stage->prompt_tokens = (int)ids->n;
     stage->context_tokens = ss->n_cached;
+    *logits = out.logits;
     return s;
 }
 
-/* Greedy decoding of one stage; `fixed` > 0 generates exactly that many tokens,
- * stop ids ignored (benchmarks: equal lengths whatever the weights say). */
-static ergo_status decode(ergo_engine *e, const ergo_options *o, int fixed, session *ss,
-                          ergo_stage *stage, ergo_error *err) {
+/* Greedy decoding of one stage from the prompt's logits; `fixed` > 0 generates
+ * exactly that many tokens, stop ids ignored (benchmarks: equal lengths whatever
+ * the weights say). */
+static ergo_status decode(context *c, const ergo_options *o, int fixed, session *ss,
+                          const float *logits, ergo_stage *stage, ergo_error *err) {
+    const engine *e = c->e;
     generate_params gp = {{0}, o->max_new_tokens, e->stop_ids, e->n_stop_ids, NULL, 0};
     if (fixed > 0) {
         gp.max_new_tokens = fixed;
@@ -236,8 +171,7 @@ static ergo_status decode(ergo_engine *e, const ergo_options *o, int fixed, sess
     sampler_config_from_generation(&gp.sampling, &e->m.generation);
     gp.sampling.do_sample = 0; /* the reference evaluation decodes greedily */
     generate_result res = {0};
-    ergo_status s = generate_run(ss, &e->st, e->tok, &gp, e->logits, o->on_text, o->on_text_ctx,
-                                 &res, err);
+    ergo_status s = context_generate(c, ss, logits, &gp, o->on_text, o->on_text_ctx, &res, err);
     if (!s) {
         stage->ids = res.tokens;
         res.tokens = (tok_ids){0};
@@ -253,9 +187,17 @@ static ergo_status decode(ergo_engine *e, const ergo_options *o, int fixed, sess
     return s;
 }
 
+/* ERGO needs the whole engine, not a model alone. */
+static ergo_status check_engine(const engine *e, ergo_error *err) {
+    if (!e->tok || !e->has_chat_template)
+        return ergo_fail(err, ERGO_E_ARG, "ERGO needs an engine with a tokenizer and a chat "
+                                          "template (engine_load without model_only)");
+    return ERGO_OK;
+}
+
 /* The tokens of an assistant turn's closing (what the template puts after the
  * content: "<|im_end|>\n"), rendered by the template so the chat state advances. */
-static ergo_status encode_assistant_closing(ergo_engine *e, chat_state *cs, tok_ids *ids,
+static ergo_status encode_assistant_closing(const engine *e, chat_state *cs, tok_ids *ids,
                                             ergo_error *err) {
     tok_text txt = {0}, gen = {0};
     chat_message m = {"assistant", "", 0, NULL, 0};
@@ -279,21 +221,24 @@ static ergo_status keep_conversation(const session *ss, ergo_result *r, ergo_err
     return ERGO_OK;
 }
 
-ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *original,
+ergo_status ergo_run(context *c, const ergo_options *o, const image *original,
                      const ergo_question *q, ergo_result *r, ergo_error *err) {
     memset(r, 0, sizeof *r);
+    const engine *e = c->e;
     const model_config *cfg = &e->m.config;
     const int64_t max_pixels = (int64_t)o->max_vision_tokens * ERGO_FACTOR * ERGO_FACTOR;
     r->width = original->width;
     r->height = original->height;
     session ss;
     int ss_ready = 0;
-    float *rows1 = NULL, *rows2 = NULL;
+    context_image im1 = {0}, im2 = {0};
     char *t1 = NULL, *t2 = NULL, *full_q = NULL;
+    float *logits = NULL; /* (V) the last prefill's, in c */
     tok_ids ids = {0};
     chat_state cs = {0};
-    mrope_grid g1, g2;
-    ergo_status s;
+    mrope_grid g2;
+    ergo_status s = check_engine(e, err);
+    if (s) return s;
 
     /* stage 1: ERGO's smart_resize + Pillow BICUBIC, then the processor */
     double t0 = now_ms();
@@ -304,7 +249,7 @@ ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *origina
     if (s) goto done;
     r->sx = (double)r->width / r->w1;
     r->sy = (double)r->height / r->h1;
-    if ((s = encode_image(e, &r->stage1_image, &rows1, &g1, &r->s1, err))) goto done;
+    if ((s = encode_image(c, &r->stage1_image, &im1, &r->s1, err))) goto done;
     r->s1.ran = 1;
 
     /* system, user [image, TEMPLATE1(question)], generation prompt */
@@ -316,9 +261,9 @@ ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *origina
     if ((s = chat_encode_message(&e->ct, e->tok, &cs, &sys, &ids, err))) goto done;
     if ((s = chat_encode_message(&e->ct, e->tok, &cs, &u1, &ids, err))) goto done;
     if ((s = chat_encode_generation_prompt(e->tok, &ids, err))) goto done;
-    if ((s = session_init(&ss, &e->m, &e->pool, cfg->text.max_position_embeddings, err))) goto done;
+    if ((s = context_session_init(c, &ss, err))) goto done;
     ss_ready = 1;
-    if ((s = prefill(e, &ss, &ids, &g1, rows1, &r->s1, err))) goto done;
+    if ((s = prefill(c, &ss, &ids, &im1.grid, im1.rows, &r->s1, &logits, err))) goto done;
 
     /* stage-1 response: generated, or forced (its tokens appended as if generated) */
     int pending = 0; /* generated ids at the end of s1.ids not yet in the session */
@@ -330,7 +275,7 @@ ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *origina
         pending = (int)r->s1.ids.n;
         if (o->on_text) o->on_text(o->on_text_ctx, o->stage1_text, strlen(o->stage1_text));
     } else {
-        if ((s = decode(e, o, o->fixed_tokens[0], &ss, &r->s1, err))) goto done;
+        if ((s = decode(c, o, o->fixed_tokens[0], &ss, logits, &r->s1, err))) goto done;
         /* the stop id is left out (the template closes the turn itself); a run cut
          * by the length limit still owes its last token */
         pending = r->s1.reason == STOP_EOS ? 0 : r->s1.ids.n > 0;
@@ -371,16 +316,18 @@ ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *origina
     if (s) goto done;
     r->s2.ran = 1;
     if (r->view == ERGO_VIEW_FALLBACK_DOWNSAMPLED) { /* same image: same rows, no encode */
-        g2 = g1;
+        g2 = im1.grid;
         r->s2.image_w = r->s1.image_w;
         r->s2.image_h = r->s1.image_h;
-        r->s2.grid_t = g1.t;
-        r->s2.grid_h = g1.h;
-        r->s2.grid_w = g1.w;
+        r->s2.grid_t = g2.t;
+        r->s2.grid_h = g2.h;
+        r->s2.grid_w = g2.w;
         r->s2.vision_tokens = r->s1.vision_tokens;
         r->s2.vision_reused = 1;
-    } else if ((s = encode_image(e, &r->stage2_image, &rows2, &g2, &r->s2, err))) {
+    } else if ((s = encode_image(c, &r->stage2_image, &im2, &r->s2, err))) {
         goto done;
+    } else {
+        g2 = im2.grid;
     }
 
     /* stage 2: [owed stage-1 ids] "<|im_end|>\n", user [image, TEMPLATE2(full question)],
@@ -396,22 +343,23 @@ ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *origina
     chat_message u2 = {"user", NULL, 0, p2, 2};
     if ((s = chat_encode_message(&e->ct, e->tok, &cs, &u2, &ids, err))) goto done;
     if ((s = chat_encode_generation_prompt(e->tok, &ids, err))) goto done;
-    if ((s = prefill(e, &ss, &ids, &g2, rows2 ? rows2 : rows1, &r->s2, err))) goto done;
+    if ((s = prefill(c, &ss, &ids, &g2, im2.rows ? im2.rows : im1.rows, &r->s2, &logits, err)))
+        goto done;
     if ((s = keep_conversation(&ss, r, err))) goto done;
     if (o->keep_logits) {
-        size_t bytes = sizeof *e->logits * (size_t)cfg->text.vocab_size;
+        size_t bytes = sizeof *logits * (size_t)cfg->text.vocab_size;
         if (!(r->stage2_logits = malloc(bytes))) goto nomem;
-        memcpy(r->stage2_logits, e->logits, bytes);
+        memcpy(r->stage2_logits, logits, bytes);
     }
-    if ((s = decode(e, o, o->fixed_tokens[1], &ss, &r->s2, err))) goto done;
+    if ((s = decode(c, o, o->fixed_tokens[1], &ss, logits, &r->s2, err))) goto done;
     if (!(r->answer = ergo_extract_answer(r->s2.text))) goto nomem;
     goto done;
 nomem:
     s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
 done:
     if (ss_ready) session_free(&ss);
-    free(rows1);
-    free(rows2);
+    context_image_free(&im1);
+    context_image_free(&im2);
     free(t1);
     free(t2);
     free(full_q);
@@ -419,23 +367,24 @@ done:
     return s;
 }
 
-ergo_status ergo_run_baseline(ergo_engine *e, const ergo_options *o, const image *original,
+ergo_status ergo_run_baseline(context *c, const ergo_options *o, const image *original,
                               const ergo_question *q, ergo_result *r, ergo_error *err) {
     memset(r, 0, sizeof *r);
+    const engine *e = c->e;
     r->baseline = 1;
     r->width = original->width;
     r->height = original->height;
     r->box_status = ZOOM_NONE;
-    const model_config *cfg = &e->m.config;
-    float *rows = NULL;
+    context_image im = {0};
+    float *logits = NULL;
     char *full_q = NULL;
     tok_ids ids = {0};
     chat_state cs = {0};
     session ss;
     int ss_ready = 0;
-    mrope_grid g;
-    ergo_status s = encode_image(e, original, &rows, &g, &r->s1, err);
-    if (s) goto done;
+    ergo_status s = check_engine(e, err);
+    if (s) return s;
+    if ((s = encode_image(c, original, &im, &r->s1, err))) goto done;
     r->s1.ran = 1;
     if (!(full_q = ergo_full_question(q))) {
         s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
@@ -446,16 +395,16 @@ ergo_status ergo_run_baseline(ergo_engine *e, const ergo_options *o, const image
     chat_message u = {"user", NULL, 0, p, 2};
     if ((s = chat_encode_message(&e->ct, e->tok, &cs, &u, &ids, err))) goto done;
     if ((s = chat_encode_generation_prompt(e->tok, &ids, err))) goto done;
-    if ((s = session_init(&ss, &e->m, &e->pool, cfg->text.max_position_embeddings, err))) goto done;
+    if ((s = context_session_init(c, &ss, err))) goto done;
     ss_ready = 1;
-    if ((s = prefill(e, &ss, &ids, &g, rows, &r->s1, err))) goto done;
+    if ((s = prefill(c, &ss, &ids, &im.grid, im.rows, &r->s1, &logits, err))) goto done;
     if ((s = keep_conversation(&ss, r, err))) goto done;
-    if ((s = decode(e, o, o->fixed_tokens[2], &ss, &r->s1, err))) goto done;
+    if ((s = decode(c, o, o->fixed_tokens[2], &ss, logits, &r->s1, err))) goto done;
     if (!(r->answer = ergo_extract_answer(r->s1.text)))
         s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
 done:
     if (ss_ready) session_free(&ss);
-    free(rows);
+    context_image_free(&im);
     free(full_q);
     tok_ids_free(&ids);
     return s;

@@ -12,11 +12,15 @@
  * calls convert("RGB") and resizes non-RGB files (L, RGBA, P, CMYK) in their own
  * mode, so those can differ slightly.
  *
- *   ergo_engine e;  ergo_engine_load(&e, dir, &err);
+ * The model and its configs come from an engine (runtime/engine.h), the scratch
+ * from a context over it (runtime/context.h); each run has its own session.
+ *
+ *   engine e;   engine_load(&e, dir, NULL, &err);
+ *   context c;  context_init(&c, &e, &err);
  *   ergo_options o; ergo_options_default(&o);
  *   ergo_question q = {"What colour is the car?", NULL, 0, NULL};
- *   ergo_result r;  ergo_run(&e, &o, &img, &q, &r, &err);   // r.answer, r.s1, r.s2
- *   ergo_result_free(&r); ergo_engine_free(&e);
+ *   ergo_result r;  ergo_run(&c, &o, &img, &q, &r, &err);   // r.answer, r.s1, r.s2
+ *   ergo_result_free(&r); context_free(&c); engine_free(&e);
  */
 #ifndef ERGO_PIPELINE_ERGO_H
 #define ERGO_PIPELINE_ERGO_H
@@ -28,11 +32,9 @@
 #include "image/preprocess.h"
 #include "model/generate.h"
 #include "model/session.h"
-#include "model/text.h"
-#include "model/vision.h"
-#include "model/weights.h"
 #include "pipeline/zoom.h"
-#include "tokenizer/chat_template.h"
+#include "runtime/context.h"
+#include "runtime/engine.h"
 #include "tokenizer/tokenizer.h"
 
 /* The prompt constants of ERGO's src/ergo/const.py, byte for byte. */
@@ -42,28 +44,6 @@ extern const char ergo_template2_suffix[]; /* TEMPLATE2 = "{Question}" + this */
 
 #define ERGO_FACTOR 28
 #define ERGO_MIN_PIXELS (4 * 28 * 28)
-
-/* What a run needs loaded once: model, tokenizer, template, processor settings and
- * the scratch states (reused from item to item). */
-typedef struct ergo_engine {
-    model m;
-    int model_loaded;
-    tokenizer *tok;
-    chat_template ct;
-    preprocess_config pc;    /* the checkpoint's preprocessor_config.json */
-    text_state st;
-    int st_ready;
-    vision_state vs;
-    int vs_patches;          /* patches vs is sized for; 0 = not allocated */
-    float *logits;           /* (V) */
-    kv_pool pool;            /* the sessions' KV blocks */
-    int pool_ready;
-    int32_t stop_ids[GEN_MAX_EOS + 1]; /* the generation config's eos ids + <|im_end|> */
-    int n_stop_ids;
-} ergo_engine;
-
-ergo_status ergo_engine_load(ergo_engine *e, const char *dir, ergo_error *err);
-void ergo_engine_free(ergo_engine *e);
 
 typedef enum ergo_fallback {
     ERGO_FALLBACK_FULL,        /* the reference: the whole original, processor limits */
@@ -140,14 +120,15 @@ typedef struct ergo_result {
     float *stage2_logits;    /* (V) with keep_logits */
 } ergo_result;
 
-/* ERGO's two stages on an RGB original. r must not be initialised; free it with
- * ergo_result_free, also after a failure. */
-ergo_status ergo_run(ergo_engine *e, const ergo_options *o, const image *original,
+/* ERGO's two stages on an RGB original, on c (and through it c->e, which needs a
+ * tokenizer and a chat template: engine_load). r must not be initialised; free it
+ * with ergo_result_free, also after a failure. */
+ergo_status ergo_run(context *c, const ergo_options *o, const image *original,
                      const ergo_question *q, ergo_result *r, ergo_error *err);
 
 /* The plain model: one user turn [whole original, full question] with the chat
  * template's default system message, the image at the processor's own limits. */
-ergo_status ergo_run_baseline(ergo_engine *e, const ergo_options *o, const image *original,
+ergo_status ergo_run_baseline(context *c, const ergo_options *o, const image *original,
                               const ergo_question *q, ergo_result *r, ergo_error *err);
 
 void ergo_result_free(ergo_result *r);
