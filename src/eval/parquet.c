@@ -838,9 +838,14 @@ static ergo_status read_dict_page(pq_reader *r, cursor *c, const uint8_t *data, 
         return ergo_fail(err, ERGO_E_UNSUPPORTED, "%s: column `%s': dictionary encoding %s is not supported",
                          r->f->name, c->col->name, encoding_name(enc));
     if (c->col->type == PQ_BOOLEAN) return cur_fail(r, c, err, "a dictionary page for BOOLEAN values");
-    /* every entry takes at least one byte (4 for the types that have dictionaries), so a
-     * count larger than the page is a lie and must not size an allocation */
-    if (count < 0 || (uint64_t)count > n) return cur_fail(r, c, err, "dictionary page says %lld values in %zu bytes", (long long)count, n);
+    /* every entry takes at least 4 bytes (8 for INT64/DOUBLE), so a count larger than
+     * the page can hold is a lie and must not size an allocation; what is left is at most
+     * 14 bytes of cells per page byte, within max_page_bytes */
+    uint64_t min = c->col->type == PQ_INT64 || c->col->type == PQ_DOUBLE ? 8
+                 : c->col->type == PQ_FIXED_LEN_BYTE_ARRAY       ? (uint64_t)c->col->type_length
+                                                                  : 4;
+    if (count < 0 || (uint64_t)count > n / min)
+        return cur_fail(r, c, err, "dictionary page says %lld values in %zu bytes", (long long)count, n);
     c->dict = malloc(((size_t)count ? (size_t)count : 1) * sizeof *c->dict);
     if (!c->dict) return ergo_fail(err, ERGO_E_NOMEM, "%s: column `%s': out of memory for the dictionary", r->f->name, c->col->name);
     const uint8_t *p = data, *end = data + n;
