@@ -11,6 +11,7 @@ packages=(
   nettle-dev                        # SHA-256
   libcurl4-openssl-dev              # models from the Hugging Face hub (HTTPS)
   libgd-dev                         # the --save-viz picture (text, PNG)
+  libsnappy-dev libzstd-dev zlib1g-dev  # codecs of the benchmarks' parquet files (ergo eval)
 )
 if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi
 $sudo apt-get update -qq
