@@ -36,7 +36,9 @@ const char *synth_split_name(synth_split s); /* "test", "train" */
 
 typedef struct synth_config {
     int size;             /* image side, px (1344) */
-    int tag_px;           /* one font dot, px (2): a glyph is 5x7 dots = 10x14 px */
+    int tag_px;           /* font lattice pitch P, px (2): a glyph's 5x7 dots P px apart,
+                             joined by 1-px strokes: (4P+1) x (6P+1) = 9x13 px, a
+                             3-character tag 39x19 px with its border */
     int code_len;         /* characters per code, 2..4 (3) */
     char alphabet[40];    /* the code characters, a subset of synth_font_chars (digits) */
     int landmarks_min, landmarks_max; /* per image, 2..8 (3, 6) */
