@@ -21,6 +21,7 @@ static const command commands[] = {
     {"generate", cmd_generate, "answer a prompt about images (chat template, vision, decoding)"},
     {"run", cmd_run, "ERGO's two-stage answer about an image (or the one-pass baseline)"},
     {"download", cmd_download, "fetch a checkpoint from the Hugging Face hub into the local cache"},
+    {"synth", cmd_synth, "write the synthetic landmark-tag benchmark (V* layout, SFT split)"},
 };
 
 static void usage(FILE *out) {
