@@ -8,7 +8,9 @@
  * each block is exact. The reference adds each row's block terms d * isum (d =
  * sw * sx, rounded once, then one rounded product) in block order, as the AVX2 and
  * the AVX-512 q8 kernels do (same floats); the AVX-512 q4 kernel adds them in
- * another order (quant.h states its bound).
+ * another order (quant.h states its bound). The multi-row kernels (matvec_rows,
+ * batched decode) repeat each row's single-row arithmetic exactly, so matmul_q_int8
+ * gives every row the bits it has alone.
  */
 #include <math.h>
 #include <omp.h>

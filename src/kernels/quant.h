@@ -141,7 +141,7 @@ extern quant_kernels qkern;
 
 /* y (n, m) = x (n, k) @ dequant(W)^T (+ bias in its kdtype, or NULL), threaded.
  * n < MATMUL_BLOCKED_MIN_N: matmul_q_int8; otherwise matmul_q_panels. No
- * allocation: the scratch is static thread-local (about 1.4 MB per thread with the
+ * allocation: the scratch is static thread-local (about 1.8 MB per thread with the
  * kernel's, sized for k <= QUANT_MAX_COLS), so concurrent callers do not share it.
  * Results do not depend on the thread count. */
 #define QUANT_MAX_COLS 32768
