@@ -109,9 +109,10 @@ void matvec_q_ref(float *y, const qmatrix *qm, const qact *qa, int j0, int j1);
 void matvec_q_avx2(float *y, const qmatrix *qm, const qact *qa, int j0, int j1);
 void matvec_q_avx512(float *y, const qmatrix *qm, const qact *qa, int j0, int j1);
 
-/* Several activation rows against the same weight rows (batched decode): for r < nr
- * and j in [j0, j1), y[r * ldy + j] = row j of qm . qa[r] (nr >= 1; ldy may be 0 for
- * nr = 1). Each weight chunk is loaded once for up to 8 rows of qa (AVX-512; AVX2
+/* Several activation rows against the same weight rows (batched decode): qa (nr rows,
+ * each from act), y (nr rows of stride ldy >= j1): for r < nr and j in [j0, j1),
+ * y[r * ldy + j] = row j of qm . qa[r]; nothing else is written (nr >= 1; ldy may be
+ * 0 for nr = 1). Each weight chunk is loaded once for up to 8 rows of qa (AVX-512; AVX2
  * and ref re-read it from L1). Bit-identical, output by output, to matvec of the same
  * ISA on qa[r] alone: the same exact integer block sums and the same f32 operations
  * in the same order, so a row's result never depends on nr, on the other rows of
