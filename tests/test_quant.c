@@ -343,6 +343,15 @@ static void test_matvec_extremes(cpu_isa isa) {
             CHECK(ok, "matvec_q %s %s extremes sign %d: got %.9g want %.9g (ideal %.9g)",
                   cpu_isa_name(isa), quant_format_name((quant_format)f), sx, (double)got[0],
                   (double)want[0], ideal * sx);
+            /* the multi-row kernel's lanes at the same corners (3 copies of the row) */
+            qact q3[3] = {qa, qa, qa};
+            float got3[3][6];
+            t.matvec_rows(&got3[0][0], 6, &qm, q3, 3, 0, m);
+            CHECK(!memcmp(got3[0], got, sizeof got) && !memcmp(got3[1], got, sizeof got) &&
+                      !memcmp(got3[2], got, sizeof got),
+                  "matvec_rows %s %s extremes sign %d: row 0 %.9g, row 2 %.9g, matvec %.9g",
+                  cpu_isa_name(isa), quant_format_name((quant_format)f), sx, (double)got3[0][0],
+                  (double)got3[2][0], (double)got[0]);
             quant_free(&qm);
             free(w), free(x), free(q), free(s), free(sum);
         }
@@ -423,6 +432,146 @@ static void test_matvec(cpu_isa isa) {
                 quant_free(&qm);
                 free(w), free(x), free(q), free(s), free(sum), free(want), free(got);
             }
+}
+
+/* The multi-row kernel: every row bit for bit what matvec of the same ISA gives for
+ * it alone (so, transitively, the reference's bits where matvec has them), for any
+ * nr, with the weight rows split in two ranges as threads do, each output row at
+ * its own stride, nothing written outside [j0, j1) of the nr rows. */
+static void test_matvec_rows(cpu_isa isa) {
+    static const int ks[] = {32, 100, 128, 200, 3584}, ms[] = {1, 6, 37}, nrs[] = {1, 2, 3, 4, 5, 7, 8, 9, 16};
+    enum { NR_MAX = 16 };
+    quant_kernels t;
+    quant_kernels_for(&t, isa);
+    for (int f = QUANT_Q8; f <= QUANT_Q4; f++)
+        for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
+            for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++) {
+                const int k = ks[ki], m = ms[mi], kp = quant_padded_cols(k), ldy = m + 3;
+                float *w = malloc((size_t)m * k * sizeof *w), *x = malloc((size_t)k * sizeof *x);
+                fill(w, (size_t)m * k, 500 + k + m, 0.5f);
+                qmatrix qm;
+                ergo_error err = {0};
+                quant_alloc(&qm, (quant_format)f, m, k, &err);
+                quant_rows(&qm, w, KDT_F32, 0, m);
+                qact qa[NR_MAX];
+                int8_t *q = malloc((size_t)NR_MAX * kp);
+                float *s = malloc((size_t)NR_MAX * kp / 32 * 4);
+                int32_t *sum = malloc((size_t)NR_MAX * kp / 32 * 4);
+                float *alone = malloc((size_t)NR_MAX * m * sizeof *alone);
+                for (int a = 0; a < NR_MAX; a++) {
+                    /* different scales per row; row 3 all zero (scale 0 everywhere) */
+                    fill(x, (size_t)k, 600 + k + a, a == 3 ? 0.0f : 0.5f + (float)a);
+                    qa[a] = (qact){q + (size_t)a * kp, s + (size_t)a * kp / 32, sum + (size_t)a * kp / 32};
+                    t.act(&qa[a], x, k);
+                    t.matvec(alone + (size_t)a * m, &qm, &qa[a], 0, m);
+                }
+                const size_t ny = (size_t)NR_MAX * ldy + GUARD;
+                float *y = malloc(ny * sizeof *y);
+                for (size_t ni = 0; ni < sizeof nrs / sizeof nrs[0]; ni++) {
+                    const int nr = nrs[ni];
+                    for (int split = 0; split < 2; split++) {
+                        for (size_t i = 0; i < ny; i++) y[i] = guard_value;
+                        const int mid = split ? m / 2 : m; /* mid may be 0 or odd */
+                        t.matvec_rows(y + 1, (size_t)ldy, &qm, qa, nr, 0, mid);
+                        t.matvec_rows(y + 1, (size_t)ldy, &qm, qa, nr, mid, m);
+                        int bad_row = -1, guard_ok = 1;
+                        for (int a = 0; a < nr && bad_row < 0; a++)
+                            if (memcmp(y + 1 + (size_t)a * ldy, alone + (size_t)a * m, (size_t)m * sizeof *y))
+                                bad_row = a;
+                        for (size_t i = 0; i < ny; i++) {
+                            const long off = (long)i - 1;
+                            const int inside = off >= 0 && off / ldy < nr && off % ldy < m;
+                            if (!inside) guard_ok &= y[i] == guard_value;
+                        }
+                        CHECK(bad_row < 0 && guard_ok,
+                              "matvec_rows %s %s k=%d m=%d nr=%d split %d: row %d differs from "
+                              "matvec alone (y[0] %.9g vs %.9g), guard %d",
+                              cpu_isa_name(isa), quant_format_name((quant_format)f), k, m, nr, split,
+                              bad_row, bad_row < 0 ? 0.0 : (double)y[1 + (size_t)bad_row * ldy],
+                              bad_row < 0 ? 0.0 : (double)alone[(size_t)bad_row * m], guard_ok);
+                    }
+                }
+                /* ref vs this ISA through the multi-row kernel: the reference's bits
+                 * where matvec keeps them (the bound of the reordered kernel is
+                 * test_matvec's, on the same matvec) */
+                if (matvec_exact(isa, (quant_format)f)) {
+                    float *want = malloc((size_t)NR_MAX * m * sizeof *want);
+                    matvec_rows_ref(want, (size_t)m, &qm, qa, NR_MAX, 0, m);
+                    CHECK(!memcmp(want, alone, (size_t)NR_MAX * m * sizeof *want),
+                          "matvec_rows_ref vs %s %s k=%d m=%d: not bit-identical",
+                          cpu_isa_name(isa), quant_format_name((quant_format)f), k, m);
+                    free(want);
+                }
+                quant_free(&qm);
+                free(w), free(x), free(q), free(s), free(sum), free(alone), free(y);
+            }
+}
+
+/* matmul_q_int8: n rows at once give each row's n = 1 bits, with bias or not, for 1
+ * and 2 threads; n past a group (matmul_q_int8_rows) and past 8 (tiles) included.
+ * And matmul_q_panels is matmul_q's many-row path. */
+static void test_matmul_q_int8(void) {
+    static const int ns[] = {1, 2, 3, 5, 8, 9, 16, 70};
+    static const int kms[][2] = {{100, 7}, {200, 64}, {3584, 101}, {32768, 9}};
+    int nt = omp_get_max_threads();
+    for (int f = QUANT_Q8; f <= QUANT_Q4; f++)
+        for (size_t c = 0; c < sizeof kms / sizeof kms[0]; c++) {
+            const int k = kms[c][0], m = kms[c][1], nmax = 70;
+            float *w = malloc((size_t)m * k * sizeof *w), *bias = malloc((size_t)m * sizeof *bias);
+            fill(w, (size_t)m * k, 700 + k, 0.3f);
+            fill(bias, (size_t)m, 701, 1.0f);
+            uint16_t *bias16 = to_type(bias, (size_t)m, KDT_BF16);
+            qmatrix qm;
+            ergo_error err = {0};
+            quant_alloc(&qm, (quant_format)f, m, k, &err);
+            quant_rows(&qm, w, KDT_F32, 0, m);
+            float *x = malloc((size_t)nmax * k * sizeof *x);
+            fill(x, (size_t)nmax * k, 702 + k, 2.0f);
+            float *y = malloc(((size_t)nmax * m + GUARD) * sizeof *y),
+                  *one = malloc((size_t)nmax * m * sizeof *one);
+            for (int bi = 0; bi < 2; bi++) {
+                const void *b = bi ? (const void *)bias16 : NULL;
+                omp_set_num_threads(1);
+                for (int i = 0; i < nmax; i++)
+                    matmul_q_int8(one + (size_t)i * m, x + (size_t)i * k, &qm, b, KDT_BF16, 1);
+                for (int threads = 1; threads <= 2; threads++) {
+                    omp_set_num_threads(threads);
+                    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+                        const int n = ns[ni];
+                        if (k > 4096 && n > 16) continue; /* the 32768 case: groups of 16 */
+                        const size_t ny = (size_t)n * m;
+                        for (int i = 0; i < GUARD; i++) y[ny + i] = guard_value;
+                        matmul_q_int8(y, x, &qm, b, KDT_BF16, n);
+                        int bad = -1, guard_ok = 1;
+                        for (int i = 0; i < n && bad < 0; i++)
+                            if (memcmp(y + (size_t)i * m, one + (size_t)i * m, (size_t)m * sizeof *y)) bad = i;
+                        for (int i = 0; i < GUARD; i++) guard_ok &= y[ny + i] == guard_value;
+                        CHECK(bad < 0 && guard_ok,
+                              "matmul_q_int8 %s k=%d m=%d n=%d bias=%d threads=%d: row %d differs "
+                              "from its n = 1 call, guard %d",
+                              quant_format_name((quant_format)f), k, m, n, bi, threads, bad, guard_ok);
+                    }
+                }
+                omp_set_num_threads(nt);
+                /* matmul_q: int8 below MATMUL_BLOCKED_MIN_N, panels from there */
+                for (int n = 1; n <= MATMUL_BLOCKED_MIN_N + 1; n++) {
+                    float *want = malloc((size_t)n * m * sizeof *want);
+                    if (n < MATMUL_BLOCKED_MIN_N) matmul_q_int8(want, x, &qm, b, KDT_BF16, n);
+                    else matmul_q_panels(want, x, &qm, b, KDT_BF16, n);
+                    matmul_q(y, x, &qm, b, KDT_BF16, n);
+                    CHECK(!memcmp(y, want, (size_t)n * m * sizeof *y),
+                          "matmul_q %s k=%d m=%d n=%d: not its %s path's bits",
+                          quant_format_name((quant_format)f), k, m, n,
+                          n < MATMUL_BLOCKED_MIN_N ? "int8" : "panel");
+                    free(want);
+                }
+            }
+            quant_free(&qm);
+            free(w), free(bias), free(bias16), free(x), free(y), free(one);
+        }
+    CHECK(matmul_q_int8_rows(32768) == QUANT_INT8_ROWS && matmul_q_int8_rows(3584) >= 64,
+          "matmul_q_int8_rows: %d at k = 32768 (want %d), %d at 3584", matmul_q_int8_rows(32768),
+          QUANT_INT8_ROWS, matmul_q_int8_rows(3584));
 }
 
 /* matmul_q against dequantised weights through the f32 kernels:
@@ -530,6 +679,7 @@ void test_quant(void) {
         test_dequant((cpu_isa)isa);
         test_matvec((cpu_isa)isa);
         test_matvec_extremes((cpu_isa)isa);
+        test_matvec_rows((cpu_isa)isa);
     }
     if (cpu_best_isa() == ISA_AVX512 && !__builtin_cpu_supports("avx512vnni"))
         SKIP("AVX-512 without VNNI: the q8/q4 AVX-512 kernels fall back to AVX2 and were not run");
@@ -538,6 +688,7 @@ void test_quant(void) {
     for (int isa = ISA_REF; isa <= (int)cpu_best_isa(); isa++) {
         kernels_init(cpu_isa_name((cpu_isa)isa), &err);
         test_matmul_q();
+        test_matmul_q_int8();
     }
     kernels_init(NULL, &err);
     printf("  quant: worst |w - s q| / |s| %.4f (bound 0.5, 1.0 at a clamped q4 +8); matvec_q vs double, err / order "

@@ -8,7 +8,9 @@
  * each block is exact. The reference adds each row's block terms d * isum (d =
  * sw * sx, rounded once, then one rounded product) in block order, as the AVX2 and
  * the AVX-512 q8 kernels do (same floats); the AVX-512 q4 kernel adds them in
- * another order (quant.h states its bound).
+ * another order (quant.h states its bound). The multi-row kernels (matvec_rows,
+ * batched decode) repeat each row's single-row arithmetic exactly, so matmul_q_int8
+ * gives every row the bits it has alone.
  */
 #include <math.h>
 #include <omp.h>
@@ -18,7 +20,7 @@
 #include "base/half.h"
 #include "quant.h"
 
-quant_kernels qkern = {quant_act_ref, matvec_q_ref, dequant_rows};
+quant_kernels qkern = {quant_act_ref, matvec_q_ref, dequant_rows, matvec_rows_ref};
 
 /* ---- formats and sizes ---- */
 
@@ -212,24 +214,32 @@ void quant_act_ref(qact *qa, const float *x, int k) {
     }
 }
 
-void matvec_q_ref(float *y, const qmatrix *qm, const qact *qa, int j0, int j1) {
+/* Row j of qm . one quantised activation row, blocks added in order. */
+static float dot_q_ref(const qmatrix *qm, const qact *qa, int j) {
     const int nb = qm->cols_padded / QUANT_BLOCK;
-    const size_t rb = quant_row_bytes(qm->format, qm->cols);
+    const uint8_t *row = qm->q + (size_t)j * quant_row_bytes(qm->format, qm->cols);
+    const float *sw = qm->scale + (size_t)j * nb;
     const int zp = zp_of(qm->format);
-    for (int j = j0; j < j1; j++) {
-        const uint8_t *row = qm->q + (size_t)j * rb;
-        const float *sw = qm->scale + (size_t)j * nb;
-        float acc = 0.0f;
-        for (int b = 0; b < nb; b++) {
-            int32_t isum = 0;
-            for (int e = b * QUANT_BLOCK; e < (b + 1) * QUANT_BLOCK; e++)
-                isum += get_u(row, qm->format, e) * qa->q[e];
-            isum -= zp * qa->sum[b];
-            float d = sw[b] * qa->scale[b];
-            acc += d * (float)isum;
-        }
-        y[j] = acc;
+    float acc = 0.0f;
+    for (int b = 0; b < nb; b++) {
+        int32_t isum = 0;
+        for (int e = b * QUANT_BLOCK; e < (b + 1) * QUANT_BLOCK; e++)
+            isum += get_u(row, qm->format, e) * qa->q[e];
+        isum -= zp * qa->sum[b];
+        float d = sw[b] * qa->scale[b];
+        acc += d * (float)isum;
     }
+    return acc;
+}
+
+void matvec_rows_ref(float *y, size_t ldy, const qmatrix *qm, const qact *qa, int nr, int j0,
+                     int j1) {
+    for (int j = j0; j < j1; j++) /* the weight row stays in cache for every activation row */
+        for (int a = 0; a < nr; a++) y[(size_t)a * ldy + (size_t)j] = dot_q_ref(qm, &qa[a], j);
+}
+
+void matvec_q_ref(float *y, const qmatrix *qm, const qact *qa, int j0, int j1) {
+    matvec_rows_ref(y, 0, qm, qa, 1, j0, j1);
 }
 
 /* ---- the table ---- */
@@ -242,75 +252,92 @@ void quant_kernels_for(quant_kernels *t, cpu_isa isa) {
         t->act = quant_act_avx512;
         t->matvec = matvec_q_avx512;
         t->dequant = dequant_rows_avx512;
+        t->matvec_rows = matvec_rows_avx512;
         break;
     case ISA_AVX2:
         t->act = quant_act_avx2;
         t->matvec = matvec_q_avx2;
         t->dequant = dequant_rows_avx2;
+        t->matvec_rows = matvec_rows_avx2;
         break;
     case ISA_REF:
         t->act = quant_act_ref;
         t->matvec = matvec_q_ref;
         t->dequant = dequant_rows;
+        t->matvec_rows = matvec_rows_ref;
         break;
     }
 }
 
 /* ---- matmul_q: the threaded driver ---- */
 
-#define ACT_ROWS (MATMUL_BLOCKED_MIN_N - 1)
 /* Panels of dequantised weight rows: 48 rows of 3584 (672 KB, in L2 beside a block of
  * x) for the 7B widths, fewer (a multiple of 3, the tile width) for wider rows. */
 #define PANEL_FLOATS (48 * 3584)
 
-/* Per-thread scratch, static so the forward pass never allocates. The activation
- * rows are written by the calling thread and read by the team it starts. */
-static _Thread_local int8_t act_q[ACT_ROWS][QUANT_MAX_COLS];
-static _Thread_local float act_scale[ACT_ROWS][QUANT_MAX_COLS / QUANT_BLOCK];
-static _Thread_local int32_t act_sum[ACT_ROWS][QUANT_MAX_COLS / QUANT_BLOCK];
+/* Per-thread scratch, static so the forward pass never allocates: the quantised
+ * activation rows of matmul_q_int8, packed at their padded width kp (QUANT_INT8_ROWS
+ * rows of QUANT_MAX_COLS, so 16 * QUANT_MAX_COLS / kp rows of a narrower matrix),
+ * written by the calling thread's team and read by it. */
+#define ACT_POOL ((size_t)QUANT_INT8_ROWS * QUANT_MAX_COLS)
+static _Thread_local int8_t act_q[ACT_POOL];
+static _Thread_local float act_scale[ACT_POOL / QUANT_BLOCK];
+static _Thread_local int32_t act_sum[ACT_POOL / QUANT_BLOCK];
 static _Thread_local float panel[PANEL_FLOATS];
 
-static void matmul_q_rows(float *y, const float *x, const qmatrix *qm, const void *bias,
-                          kdtype bt, int n) {
-    const int k = qm->cols, m = qm->rows;
-    qact qa[ACT_ROWS];
-    for (int i = 0; i < n; i++) {
-        qa[i] = (qact){act_q[i], act_scale[i], act_sum[i]};
-        qkern.act(&qa[i], x + (size_t)i * k, k);
-    }
-    void (*mv)(float *, const qmatrix *, const qact *, int, int) = qkern.matvec;
-    if (n == 1) { /* no reuse to keep in L2: one contiguous range per thread, so one
-                   * call streams it from start to end (see matvec_q_avx512) */
+/* Activation rows per pass over the weights (the multi-row kernel takes 8 per pass
+ * over a range, so more than 8 go through the range in tiles that stay in L2). */
+#define INT8_GROUP_MAX 64
+
+int matmul_q_int8_rows(int k) {
+    const size_t g = ACT_POOL / (size_t)quant_padded_cols(k);
+    return g > INT8_GROUP_MAX ? INT8_GROUP_MAX : (int)g;
+}
+
+void matmul_q_int8(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
+                   int n) {
+    const int k = qm->cols, m = qm->rows, kp = qm->cols_padded;
+    const int group = matmul_q_int8_rows(k);
+    void (*act)(qact *, const float *, int) = qkern.act;
+    void (*mvr)(float *, size_t, const qmatrix *, const qact *, int, int, int) = qkern.matvec_rows;
+    /* ~128 KB of weight rows per tile when more than 8 rows re-read it */
+    int tile = (int)(128 * 1024 / quant_row_bytes(qm->format, k));
+    tile = tile < 4 ? 4 : tile - tile % 4;
+    qact qa[INT8_GROUP_MAX];
+    for (int i0 = 0; i0 < n; i0 += group) {
+        const int nr = n - i0 < group ? n - i0 : group;
+        for (int i = 0; i < nr; i++)
+            qa[i] = (qact){act_q + (size_t)i * kp, act_scale + (size_t)i * (kp / QUANT_BLOCK),
+                           act_sum + (size_t)i * (kp / QUANT_BLOCK)};
+        float *yg = y + (size_t)i0 * m;
+        const float *xg = x + (size_t)i0 * k;
 #pragma omp parallel if ((size_t)m * k > 32768)
         {
+#pragma omp for schedule(static)
+            for (int i = 0; i < nr; i++) act(&qa[i], xg + (size_t)i * k, k);
+            /* one contiguous range of weight rows per thread, so each call streams it
+             * from start to end (see matvec_rows_avx512); the barrier above publishes qa */
             const int nt = omp_get_num_threads(), id = omp_get_thread_num();
             const int per = ((m + nt - 1) / nt + 3) / 4 * 4;
             const int j0 = id * per < m ? id * per : m, j1 = j0 + per < m ? j0 + per : m;
-            if (j0 < j1) mv(y, qm, &qa[0], j0, j1);
+            if (nr <= 8) {
+                if (j0 < j1) mvr(yg, (size_t)m, qm, qa, nr, j0, j1);
+            } else {
+                for (int t0 = j0; t0 < j1; t0 += tile)
+                    mvr(yg, (size_t)m, qm, qa, nr, t0, t0 + tile < j1 ? t0 + tile : j1);
+            }
             if (bias)
-                for (int j = j0; j < j1; j++) y[j] = y[j] + kdtype_at(bias, bt, (size_t)j);
-        }
-        return;
-    }
-    /* Tiles of ~128 KB of weights: with 2 or 3 rows of x each tile is re-read from
-     * L2, not from memory. Contiguous tiles per thread keep the streams sequential. */
-    int tile = (int)(128 * 1024 / quant_row_bytes(qm->format, k));
-    tile = tile < 4 ? 4 : tile - tile % 4;
-    const int n_tiles = (m + tile - 1) / tile;
-#pragma omp parallel for schedule(static) if ((size_t)m * k > 32768)
-    for (int t = 0; t < n_tiles; t++) {
-        int j0 = t * tile, j1 = j0 + tile < m ? j0 + tile : m;
-        for (int i = 0; i < n; i++) {
-            float *yi = y + (size_t)i * m;
-            mv(yi, qm, &qa[i], j0, j1);
-            if (bias)
-                for (int j = j0; j < j1; j++) yi[j] = yi[j] + kdtype_at(bias, bt, (size_t)j);
+                for (int i = 0; i < nr; i++) {
+                    float *yi = yg + (size_t)i * m;
+                    for (int j = j0; j < j1; j++) yi[j] = yi[j] + kdtype_at(bias, bt, (size_t)j);
+                }
         }
     }
 }
 
-void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bias,
-                            kdtype bt, int n) {
+void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
+                     int n) {
+    if (n <= 0) return;
     const int k = qm->cols, m = qm->rows;
     int nb = PANEL_FLOATS / k;
     nb = nb > 48 ? 48 : nb;
@@ -349,13 +376,7 @@ void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bi
 
 void matmul_q(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt, int n) {
     if (n <= 0) return;
-    if (n < MATMUL_BLOCKED_MIN_N) matmul_q_rows(y, x, qm, bias, bt, n);
+    if (n < MATMUL_BLOCKED_MIN_N) matmul_q_int8(y, x, qm, bias, bt, n);
     else matmul_q_panels(y, x, qm, bias, bt, n);
 }
 
-/* INTERIM (replaced by the multi-row kernel): one row at a time. */
-void matmul_q_int8(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
-                   int n) {
-    for (int i = 0; i < n; i++)
-        matmul_q_rows(y + (size_t)i * qm->rows, x + (size_t)i * qm->cols, qm, bias, bt, 1);
-}

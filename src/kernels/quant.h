@@ -39,6 +39,7 @@
  *   qmatrix qm;  quant_alloc(&qm, QUANT_Q4, m, k, &err);
  *   quant_rows(&qm, w, KDT_BF16, 0, m);           // at load, threads split rows
  *   matmul_q(y, x, &qm, bias, bt, n);             // y (n, m) = x (n, k) @ W^T (+ b)
+ *   matmul_q_int8(y, x, &qm, bias, bt, n);        // the same, int8 for every row (decode)
  */
 #ifndef ERGO_QUANT_H
 #define ERGO_QUANT_H
@@ -108,10 +109,29 @@ void matvec_q_ref(float *y, const qmatrix *qm, const qact *qa, int j0, int j1);
 void matvec_q_avx2(float *y, const qmatrix *qm, const qact *qa, int j0, int j1);
 void matvec_q_avx512(float *y, const qmatrix *qm, const qact *qa, int j0, int j1);
 
+/* Several activation rows against the same weight rows (batched decode): qa (nr rows,
+ * each from act), y (nr rows of stride ldy >= j1): for r < nr and j in [j0, j1),
+ * y[r * ldy + j] = row j of qm . qa[r]; nothing else is written (nr >= 1; ldy may be
+ * 0 for nr = 1). Each weight chunk is loaded once for up to 8 rows of qa (AVX-512; AVX2
+ * and ref re-read it from L1). Bit-identical, output by output, to matvec of the same
+ * ISA on qa[r] alone: the same exact integer block sums and the same f32 operations
+ * in the same order, so a row's result never depends on nr, on the other rows of
+ * the call, on j0 / j1 or on the thread split. matvec is this with nr = 1. The
+ * AVX-512 kernel keeps 512 KB of static thread-local scratch (8 rows at
+ * QUANT_MAX_COLS). */
+void matvec_rows_ref(float *y, size_t ldy, const qmatrix *qm, const qact *qa, int nr, int j0,
+                     int j1);
+void matvec_rows_avx2(float *y, size_t ldy, const qmatrix *qm, const qact *qa, int nr, int j0,
+                      int j1);
+void matvec_rows_avx512(float *y, size_t ldy, const qmatrix *qm, const qact *qa, int nr, int j0,
+                        int j1);
+
 typedef struct quant_kernels {
     void (*act)(qact *qa, const float *x, int k);
     void (*matvec)(float *y, const qmatrix *qm, const qact *qa, int j0, int j1);
     void (*dequant)(float *out, const qmatrix *qm, int j0, int j1);
+    void (*matvec_rows)(float *y, size_t ldy, const qmatrix *qm, const qact *qa, int nr, int j0,
+                        int j1);
 } quant_kernels;
 
 /* The table for one ISA (kernels_init fills `qkern` with the chosen one). Every
@@ -121,14 +141,32 @@ void quant_kernels_for(quant_kernels *t, cpu_isa isa);
 extern quant_kernels qkern;
 
 /* y (n, m) = x (n, k) @ dequant(W)^T (+ bias in its kdtype, or NULL), threaded.
- * n < MATMUL_BLOCKED_MIN_N: int8 activations and qkern.matvec; otherwise panels of
- * dequantised rows through the f32 tile kernel. No allocation: the scratch is
- * static thread-local (about 0.8 MB per thread, sized for k <= QUANT_MAX_COLS), so
- * concurrent callers do not share it. Results do not depend on the thread count. */
+ * n < MATMUL_BLOCKED_MIN_N: matmul_q_int8; otherwise matmul_q_panels. No
+ * allocation: the scratch is static thread-local (about 1.8 MB per thread with the
+ * kernel's, sized for k <= QUANT_MAX_COLS), so concurrent callers do not share it.
+ * Results do not depend on the thread count. */
 #define QUANT_MAX_COLS 32768
 void matmul_q(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt, int n);
 void matmul_q_int8(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
                    int n);
+void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
+                     int n);
+
+/* The int8 path for any n (batched decode: one row per sequence): every row is
+ * quantised (qkern.act) and qkern.matvec_rows runs over the weight rows, one
+ * contiguous range per thread, the weights streamed once for up to
+ * matmul_q_int8_rows(k) rows (>= QUANT_INT8_ROWS; 64 for k <= 8192, 27 at 18944; a
+ * larger n takes one pass per group of that many; past 8 rows a pass walks its range
+ * in ~128 KB tiles that stay in L2). Row i of y is bit for bit what
+ * matmul_q_int8(y_i, x_i, qm, bias, bt, 1) gives, for any n, any thread count and
+ * whatever the other rows are. */
+#define QUANT_INT8_ROWS 16
+void matmul_q_int8(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
+                   int n);
+int matmul_q_int8_rows(int k);
+/* The panel path for any n: dequantised panels of weight rows through kern's f32
+ * tile kernel, activations f32 (prefill, vision); each element equals kern.dot_wt of
+ * its row of x and its dequantised weight row (plus bias). */
 void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
                      int n);
 

@@ -327,6 +327,184 @@ T512 void matvec_q_avx512(float *y, const qmatrix *qm, const qact *qa, int j0, i
     }
 }
 
+/* ---- AVX-512 VNNI, several activation rows per pass (batched decode) ----
+ *
+ * One pass reads 4 weight rows (one per quarter of the range, as above) once and
+ * multiplies each loaded chunk by up to ROWS_PER_PASS activation rows. The shared
+ * part (unpack, the permutation below, the scale gather) is paid once per chunk;
+ * per activation row a chunk costs 8 vpdpbusd, one reduction and the epilogue.
+ * Chunk lanes are permuted (weights and activations alike) so that 128-bit group b
+ * holds block b's elements: x0' = elements 0-15 of each block, x1' = 16-31. Two
+ * chained vpdpbusd from the centred start -zp * (lane's qx) then leave in group b
+ * of one register per row the centred partial sums of block b (4 lanes of 8
+ * products, |lane| <= 8 * 127 * 127 for q8, 8 * 8 * 127 for q4, so q4 keeps the
+ * int16 reduction), and one reduce4 gives group b = block b, lane r = row r: the
+ * exact integers isum of the single-row kernels. The f32 epilogue per (weight row,
+ * activation row) is the single-row kernel's, op for op (q8: d * isum added in
+ * block order; q4: one FMA per chunk into lane (b, r), lanes summed at the end),
+ * so each output's bits depend only on its weight row and its activation row. */
+#define ROWS_PER_PASS 8
+
+/* One chunk of one activation row, prepared once per call. */
+typedef struct act_chunk {
+    __m512i x0, x1; /* qx, group b = elements 0-15 / 16-31 of block b */
+    __m512i nz;     /* -zp * (sum of the 8 qx each lane of x0, x1 meets) */
+    __m512 sx;      /* sx of block b in each lane of group b */
+} act_chunk;
+
+/* [chunk][row of the pass]: 256 B per chunk and row, at most 512 KB per thread
+ * (static so the decode step never allocates). */
+static _Thread_local act_chunk act_prep[QUANT_MAX_COLS / QUANT_CHUNK * ROWS_PER_PASS];
+
+T512 static void prep_act_512(act_chunk *p, int na, const qact *qa, int nc, int zp) {
+    const __m512i idx_b = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512i zero = _mm512_setzero_si512(), zpv = _mm512_set1_epi8((char)zp);
+    for (int a = 0; a < na; a++)
+        for (int c = 0; c < nc; c++) {
+            const __m512i x0 = _mm512_loadu_si512(qa[a].q + c * QUANT_CHUNK);
+            const __m512i x1 = _mm512_loadu_si512(qa[a].q + c * QUANT_CHUNK + 64);
+            act_chunk *o = &p[c * na + a];
+            o->x0 = _mm512_shuffle_i32x4(x0, x1, 0x88);
+            o->x1 = _mm512_shuffle_i32x4(x0, x1, 0xdd);
+            o->nz = _mm512_sub_epi32(
+                zero, _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, zpv, o->x0), zpv, o->x1));
+            o->sx = _mm512_permutexvar_ps(
+                idx_b, _mm512_castps128_ps512(_mm_loadu_ps(qa[a].scale + b0q(c))));
+        }
+}
+
+/* out[a][r] = weight row r . activation row a for the na rows prepared in p. q4 and
+ * na are compile-time constants at each call. */
+T512 static inline __attribute__((always_inline)) void pass_512(
+    float out[][4], const uint8_t *const row[4], const float *const sw[4], const act_chunk *p,
+    int nc, const int q4, const int na) {
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    const __m512i idx_t = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const int cb = q4 ? QUANT_CHUNK / 2 : QUANT_CHUNK; /* bytes of one row's chunk */
+    __m512 acc[ROWS_PER_PASS];
+    __m128 acc4[ROWS_PER_PASS];
+#pragma GCC unroll 8
+    for (int a = 0; a < na; a++) {
+        acc[a] = _mm512_setzero_ps();
+        acc4[a] = _mm_setzero_ps();
+    }
+    for (int c = 0; c < nc; c++) {
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+#pragma GCC unroll 2
+            for (int l = 0; l < cb; l += 64)
+                _mm_prefetch((const char *)row[r] + (size_t)c * cb + PF_AHEAD + l, _MM_HINT_T1);
+            if (c % 4 == 0)
+                _mm_prefetch((const char *)(sw[r] + b0q(c)) + PF_AHEAD * 16 / cb, _MM_HINT_T1);
+        }
+        __m512i ua[4], ub[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            __m512i u0, u1;
+            if (q4) { /* byte j: element j (low nibble), element j + 64 (high) */
+                const __m512i v = _mm512_loadu_si512(row[r] + c * (QUANT_CHUNK / 2));
+                u0 = _mm512_and_si512(v, nib);
+                u1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+            } else {
+                u0 = _mm512_loadu_si512(row[r] + c * QUANT_CHUNK);
+                u1 = _mm512_loadu_si512(row[r] + c * QUANT_CHUNK + 64);
+            }
+            ua[r] = _mm512_shuffle_i32x4(u0, u1, 0x88);
+            ub[r] = _mm512_shuffle_i32x4(u0, u1, 0xdd);
+        }
+        const int b0 = b0q(c);
+        __m256 w01 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(sw[0] + b0)),
+                                          _mm_loadu_ps(sw[1] + b0), 1);
+        __m256 w23 = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(sw[2] + b0)),
+                                          _mm_loadu_ps(sw[3] + b0), 1);
+        const __m512 wt = _mm512_permutexvar_ps(
+            idx_t, _mm512_castpd_ps(_mm512_insertf64x4(
+                       _mm512_castpd256_pd512(_mm256_castps_pd(w01)), _mm256_castps_pd(w23), 1)));
+        const act_chunk *pc = p + (size_t)c * na;
+#pragma GCC unroll 8
+        for (int a = 0; a < na; a++) {
+            __m512i dd[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < 4; r++)
+                dd[r] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(pc[a].nz, ua[r], pc[a].x0), ub[r],
+                                            pc[a].x1);
+            const __m512 d = _mm512_mul_ps(wt, pc[a].sx); /* sw * sx */
+            if (q4) {
+                const __m512i g = reduce4_16(dd[0], dd[1], dd[2], dd[3]);
+                acc[a] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(g), d, acc[a]);
+            } else {
+                const __m512i g = reduce4(dd[0], dd[1], dd[2], dd[3]);
+                const __m512 t = _mm512_mul_ps(d, _mm512_cvtepi32_ps(g)); /* exact int -> f32 */
+                /* the blocks in order, as the reference adds them */
+                acc4[a] = _mm_add_ps(acc4[a], _mm512_castps512_ps128(t));
+                acc4[a] = _mm_add_ps(acc4[a], _mm512_extractf32x4_ps(t, 1));
+                acc4[a] = _mm_add_ps(acc4[a], _mm512_extractf32x4_ps(t, 2));
+                acc4[a] = _mm_add_ps(acc4[a], _mm512_extractf32x4_ps(t, 3));
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int a = 0; a < na; a++) {
+        if (q4)
+            acc4[a] = _mm_add_ps(
+                _mm_add_ps(_mm512_castps512_ps128(acc[a]), _mm512_extractf32x4_ps(acc[a], 1)),
+                _mm_add_ps(_mm512_extractf32x4_ps(acc[a], 2), _mm512_extractf32x4_ps(acc[a], 3)));
+        _mm_storeu_ps(out[a], acc4[a]);
+    }
+}
+
+/* Rows of qa in groups of ROWS_PER_PASS; a group of one goes through matvec_q_avx512
+ * (its integers and f32 operations are those of pass_512, so the same bits; the
+ * tests compare the two on every AVX-512 machine). */
+T512 void matvec_rows_avx512(float *y, size_t ldy, const qmatrix *qm, const qact *qa, int nr,
+                             int j0, int j1) {
+    if (j0 >= j1) return;
+    const int kp = qm->cols_padded, nb = kp / QUANT_BLOCK, nc = kp / QUANT_CHUNK;
+    const size_t rb = quant_row_bytes(qm->format, qm->cols);
+    const int q4 = qm->format == QUANT_Q4;
+    /* more than ROWS_PER_PASS rows: one pass over [j0, j1) per group (the caller
+     * keeps the range small enough to stay in cache, see matmul_q_int8) */
+    for (int a0 = 0; a0 < nr; a0 += ROWS_PER_PASS) {
+        const int na = nr - a0 < ROWS_PER_PASS ? nr - a0 : ROWS_PER_PASS;
+        if (na == 1) { /* one row: the tuned single-row kernel, the same bits */
+            matvec_q_avx512(y + (size_t)a0 * ldy, qm, qa + a0, j0, j1);
+            continue;
+        }
+        prep_act_512(act_prep, na, qa + a0, nc, q4 ? 8 : 128);
+        /* pass i: rows j0 + r * qn + i, one from each quarter (4 sequential streams);
+         * the last quarter may be short: its missing rows repeat row j1 - 1, unstored */
+        const int qn = (j1 - j0 + 3) / 4;
+        for (int i = 0; i < qn; i++) {
+            const uint8_t *row[4];
+            const float *sw[4];
+            for (int r = 0; r < 4; r++) {
+                int jr = j0 + r * qn + i < j1 ? j0 + r * qn + i : j1 - 1;
+                row[r] = qm->q + (size_t)jr * rb;
+                sw[r] = qm->scale + (size_t)jr * nb;
+            }
+            float out[ROWS_PER_PASS][4];
+#define PASS_CASE(N)                                                                           \
+    case N:                                                                                    \
+        if (q4) pass_512(out, row, sw, act_prep, nc, 1, N);                                    \
+        else pass_512(out, row, sw, act_prep, nc, 0, N);                                       \
+        break;
+            switch (na) {
+                PASS_CASE(2)
+                PASS_CASE(3)
+                PASS_CASE(4)
+                PASS_CASE(5)
+                PASS_CASE(6)
+                PASS_CASE(7)
+                PASS_CASE(8)
+            }
+#undef PASS_CASE
+            for (int a = 0; a < na; a++)
+                for (int r = 0; r < 4 && j0 + r * qn + i < j1; r++)
+                    y[(size_t)(a0 + a) * ldy + (size_t)(j0 + r * qn + i)] = out[a][r];
+        }
+    }
+}
+
 /* ---- AVX2 matrix-vector ---- */
 
 /* 4 int32x8 vectors -> their 4 totals (lane r = input r). */
@@ -394,7 +572,11 @@ T256 static inline __attribute__((always_inline)) void rows4_256(
     _mm_storeu_ps(out, acc);
 }
 
-T256 void matvec_q_avx2(float *y, const qmatrix *qm, const qact *qa, int j0, int j1) {
+/* Several activation rows: each group of 4 weight rows is read from memory once and
+ * from L1 for the other rows (no VNNI: AVX2 is not the decode path to tune); each
+ * output is rows4_256's, so the same bits whatever nr. */
+T256 void matvec_rows_avx2(float *y, size_t ldy, const qmatrix *qm, const qact *qa, int nr,
+                           int j0, int j1) {
     const int kp = qm->cols_padded, nb = kp / QUANT_BLOCK;
     const size_t rb = quant_row_bytes(qm->format, qm->cols);
     const int q4 = qm->format == QUANT_Q4;
@@ -406,11 +588,17 @@ T256 void matvec_q_avx2(float *y, const qmatrix *qm, const qact *qa, int j0, int
             row[r] = qm->q + (size_t)jr * rb;
             sw[r] = qm->scale + (size_t)jr * nb;
         }
-        float out[4];
-        if (q4) rows4_256(out, row, sw, qa, kp, 1);
-        else rows4_256(out, row, sw, qa, kp, 0);
-        for (int r = 0; r < 4 && j + r < j1; r++) y[j + r] = out[r];
+        for (int a = 0; a < nr; a++) {
+            float out[4];
+            if (q4) rows4_256(out, row, sw, &qa[a], kp, 1);
+            else rows4_256(out, row, sw, &qa[a], kp, 0);
+            for (int r = 0; r < 4 && j + r < j1; r++) y[(size_t)a * ldy + (size_t)(j + r)] = out[r];
+        }
     }
+}
+
+T256 void matvec_q_avx2(float *y, const qmatrix *qm, const qact *qa, int j0, int j1) {
+    matvec_rows_avx2(y, 0, qm, qa, 1, j0, j1);
 }
 
 /* ---- dequantisation (the panels of matmul_q's many-row path) ----
