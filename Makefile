@@ -1,11 +1,18 @@
 # ergo - build, test, sanitize, fuzz.
 #
 #   make            release build: build/ergo (CLI) and build/libergo.a
-#   make test       build and run the test suite (last line: "N passed, N failed")
+#   make test       build and run the test suite, fast tier (last line: "N passed, N failed")
 #   make asan       the same suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make fuzz       libFuzzer targets (clang) in build/fuzz/
 #   make fuzz-smoke run every fuzz target for FUZZ_SECONDS each (bounded; used by CI)
-#   make check      everything CI runs: fuzz-smoke, test, then asan (its line is last)
+#   make check      everything CI runs: fuzz-smoke, test, then asan (its line is last),
+#                   the suites in the full tier
+#
+# Choosing tests (test and asan):
+#   T="quant text"  the suites whose name contains quant or text (quant, quant_model, text)
+#   S=quant         only the suite named exactly quant (several: S="quant text")
+#   TIER=full       also the slow cases (default fast: they print "skip ... full tier");
+#                   make check always runs the full tier
 #   make deps       install the Debian packages ergo builds against (needs root or sudo)
 #   make clean
 #
@@ -94,13 +101,16 @@ $(BUILD)/asan/ergo_tests: $(patsubst %.c,$(BUILD)/asan/%.o,$(TEST_SRC) tests/run
 $(BUILD)/asan/ergo: $(patsubst %.c,$(BUILD)/asan/%.o,$(CLI_SRC) $(LIB_SRC))
 	$(CC) $(CFLAGS_ASAN) $^ $(LDLIBS) -o $@
 
-# Tests that run the CLI find it through ERGO_BIN.
+# Tests that run the CLI find it through ERGO_BIN. The runner's arguments: T's words
+# as substrings, S's as exact names (=NAME); an unknown name is an error.
+TIER      ?= fast
+TEST_ARGS  = $(T) $(addprefix =,$(S))
 test: $(BUILD)/ergo_tests $(BUILD)/ergo
-	ERGO_BIN=$(BUILD)/ergo ./$(BUILD)/ergo_tests $(T)
+	ERGO_TEST_TIER=$(TIER) ERGO_BIN=$(BUILD)/ergo ./$(BUILD)/ergo_tests $(TEST_ARGS)
 
 asan: $(BUILD)/asan/ergo_tests $(BUILD)/asan/ergo
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	ERGO_BIN=$(BUILD)/asan/ergo ./$(BUILD)/asan/ergo_tests $(T)
+	ERGO_TEST_TIER=$(TIER) ERGO_BIN=$(BUILD)/asan/ergo ./$(BUILD)/asan/ergo_tests $(TEST_ARGS)
 
 # libFuzzer targets: clang only. Each fuzz/fuzz_<name>.c calls the library's entry point.
 FUZZ_FLAGS := $(filter-out -fopenmp $(WARN),$(BASEFLAGS)) -O1 -g -fsanitize=fuzzer,address,undefined
@@ -123,8 +133,8 @@ fuzz-smoke: $(FUZZ_BINS)
 # Sequential on purpose: the sanitizer run's summary must be the last line printed.
 check:
 	@$(MAKE) --no-print-directory fuzz-smoke
-	@$(MAKE) --no-print-directory test
-	@$(MAKE) --no-print-directory asan
+	@$(MAKE) --no-print-directory test TIER=full
+	@$(MAKE) --no-print-directory asan TIER=full
 
 deps:
 	scripts/deps.sh

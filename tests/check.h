@@ -51,6 +51,13 @@ void check_report_failure(const char *file, int line, const char *fmt, ...)
         printf("\n");                               \
     } while (0)
 
+/* 1 in the full tier (CI, `make check`), 0 in the fast one (`make test`'s default;
+ * tests/runner.c: --tier, ERGO_TEST_TIER). A slow case that the fast tier leaves
+ * out says so, e.g.
+ *   if (!test_tier_full()) { SKIP("7B-width accuracy: full tier"); return; }
+ * and the fast tier keeps a reduced variant of it where one exists. */
+int test_tier_full(void);
+
 /* Compares n floats: passes when every |got-want| <= atol + rtol*|want| and
  * neither side holds NaN/Inf where the other does not. On failure it reports
  * the max abs error, max rel error, first bad index and its values. */

@@ -1,10 +1,19 @@
 /*
- * runner.c - runs every test suite (or those whose name contains argv[1]).
+ * runner.c - runs every test suite, or those the arguments name.
+ *
+ *   ergo_tests [--tier fast|full] [NAME | =NAME | --exact NAME]...
+ *
+ * NAME selects the suites whose name contains it, =NAME (or --exact NAME) only
+ * the suite called exactly NAME; several may be given (a suite runs once). A
+ * name that selects no suite is an error (exit status 2, nothing runs).
+ * --tier (default: ERGO_TEST_TIER, else full) picks the tier: the fast tier
+ * announces its slow cases with SKIP (test_tier_full, check.h).
  *
  * Suites are the functions `void test_<name>(void)` of tests/test_<name>.c; the
  * Makefile lists them into build/suites.h, so adding a file adds a suite.
- * The last line printed is exactly "N passed, N failed"; the exit status is
- * non-zero when anything failed.
+ * Each suite's line gives its counts and seconds; then the total time, the
+ * skipped count when any, and last exactly "N passed, N failed". The exit
+ * status is non-zero when anything failed.
  */
 #define _XOPEN_SOURCE 700 /* nftw flags */
 #include <dirent.h>
@@ -13,11 +22,16 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "base/clock.h"
 #include "base/file.h"
 #include "check.h"
 
 long check_passed, check_failed, check_skipped;
 const char *check_suite = "";
+
+static int tier_full = 1;
+
+int test_tier_full(void) { return tier_full; }
 
 void check_report_failure(const char *file, int line, const char *fmt, ...) {
     va_list ap;
@@ -148,18 +162,100 @@ static const suite suites[] = {
 #undef SUITE
 };
 
+#define N_SUITES (sizeof suites / sizeof suites[0])
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: ergo_tests [--tier fast|full] [NAME | =NAME | --exact NAME]...\n"
+               "  NAME: the suites whose name contains NAME; =NAME, --exact NAME: the suite NAME\n"
+               "  --tier: fast skips (and announces) the slow cases; default ERGO_TEST_TIER, "
+               "else full\nsuites:");
+    for (size_t i = 0; i < N_SUITES; i++) fprintf(f, " %s", suites[i].name);
+    fprintf(f, "\n");
+}
+
+static int parse_tier(const char *s, const char *where) {
+    if (!strcmp(s, "full")) return 1;
+    if (!strcmp(s, "fast")) return 0;
+    fprintf(stderr, "ergo_tests: %s \"%s\" is not fast or full\n", where, s);
+    return -1;
+}
+
+/* Marks in want[] the suites that name selects (by substring or exactly);
+ * returns how many. */
+static int select_suites(const char *name, int exact, unsigned char *want) {
+    int n = 0;
+    for (size_t i = 0; i < N_SUITES; i++)
+        if (exact ? !strcmp(suites[i].name, name) : strstr(suites[i].name, name) != NULL) {
+            want[i] = 1;
+            n++;
+        }
+    return n;
+}
+
 int main(int argc, char **argv) {
-    const char *filter = argc > 1 ? argv[1] : NULL;
     setvbuf(stdout, NULL, _IOLBF, 0);
-    for (size_t i = 0; i < sizeof suites / sizeof suites[0]; i++) {
-        if (filter && !strstr(suites[i].name, filter)) continue;
-        long p0 = check_passed, f0 = check_failed;
+    unsigned char want[N_SUITES];
+    memset(want, 0, sizeof want);
+    int any_filter = 0;
+    const char *env = getenv("ERGO_TEST_TIER");
+    if (env && *env && (tier_full = parse_tier(env, "ERGO_TEST_TIER")) < 0) return 2;
+    for (int a = 1; a < argc; a++) {
+        const char *arg = argv[a];
+        int exact = 0;
+        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(arg, "--tier") || !strcmp(arg, "--exact")) {
+            if (a + 1 >= argc) {
+                fprintf(stderr, "ergo_tests: %s needs a value\n", arg);
+                usage(stderr);
+                return 2;
+            }
+            if (!strcmp(arg, "--tier")) {
+                if ((tier_full = parse_tier(argv[++a], "--tier")) < 0) return 2;
+                continue;
+            }
+            arg = argv[++a];
+            exact = 1;
+        } else if (!strncmp(arg, "--tier=", 7)) {
+            if ((tier_full = parse_tier(arg + 7, "--tier")) < 0) return 2;
+            continue;
+        } else if (arg[0] == '=') {
+            arg++;
+            exact = 1;
+        } else if (arg[0] == '-') {
+            fprintf(stderr, "ergo_tests: unknown option %s\n", arg);
+            usage(stderr);
+            return 2;
+        }
+        any_filter = 1;
+        if (!*arg || !select_suites(arg, exact, want)) {
+            fprintf(stderr, "ergo_tests: no suite %s \"%s\"\n", exact ? "is named" : "contains",
+                    arg);
+            usage(stderr);
+            return 2;
+        }
+    }
+    printf("tier %s%s\n", tier_full ? "full" : "fast",
+           tier_full ? "" : " (slow cases skipped; ERGO_TEST_TIER=full or --tier full runs them)");
+    const double t_all = now_ms();
+    for (size_t i = 0; i < N_SUITES; i++) {
+        if (any_filter && !want[i]) continue;
+        long p0 = check_passed, f0 = check_failed, s0 = check_skipped;
         check_suite = suites[i].name;
+        const double t0 = now_ms();
         suites[i].run();
-        printf("%-16s %ld passed, %ld failed\n", suites[i].name, check_passed - p0,
-               check_failed - f0);
+        const double sec = (now_ms() - t0) / 1e3;
+        if (check_skipped > s0)
+            printf("%-16s %ld passed, %ld failed, %ld skipped, %.1f s\n", suites[i].name,
+                   check_passed - p0, check_failed - f0, check_skipped - s0, sec);
+        else
+            printf("%-16s %ld passed, %ld failed, %.1f s\n", suites[i].name, check_passed - p0,
+                   check_failed - f0, sec);
     }
     if (scratch_path[0]) nftw(scratch_path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    printf("total %.1f s\n", (now_ms() - t_all) / 1e3);
     if (check_skipped) printf("%ld skipped\n", check_skipped);
     printf("%ld passed, %ld failed\n", check_passed, check_failed);
     return check_failed != 0;

@@ -9,8 +9,9 @@
  * the next-token distributions are compared: top-1 agreement and the mean
  * KL(p_stored || p_quant). Both quantised paths are measured: the prefill path
  * (panels dequantised to f32) and the decode path (one token at a time: int8
- * activations, VNNI). Floors: q8 >= 99%, q4 >= 90% agreement. Sanitizer builds run
- * a reduced variant (vocabulary 4096, fewer decode steps) with the same floors.
+ * activations, VNNI). Floors: q8 >= 99%, q4 >= 90% agreement. Sanitizer builds and
+ * the fast tier run a reduced variant (vocabulary 4096, fewer decode steps) with the
+ * same floors; the full vocabulary runs in release builds of the full tier.
  *
  * Cache: on a tiny checkpoint, a written cache maps back to the same bytes and
  * the same logits; a cache of another format, of other weights, truncated, or with
@@ -45,6 +46,8 @@
 
 #define TF_TOKENS 320
 #define TF_CHUNK 64
+/* decode steps checked bit for bit against the one-piece int8 forward */
+#define DECODE_CHECK 8
 
 static const char *case_path(const char *dir, const char *name) {
     static char buf[2][1024];
@@ -73,26 +76,26 @@ static int load_case(model *m, const char *path, int vocab) {
 }
 
 /* Logits of every position of ids (n, V) in prefill chunks. */
-static int prefill_all(const model *m, const int32_t *ids, const int32_t *pos, int n,
-                       float *logits) {
+/* Logits of every position of ids (n, V): ONE piece through text_forward_batch (in
+ * rounds of TF_CHUNK rows), with quantised weights on the int8-activation path
+ * (int8_rows = 1: what decode uses; every row is computed alone, so this equals n
+ * single-token decode steps bit for bit, which test_accuracy checks on a prefix)
+ * or on the f32 panel path (prefill); the KV cache in kvt. */
+static int forward_all(const model *m, const int32_t *ids, const int32_t *pos, int n,
+                       float *logits, int int8_rows, kv_dtype kvt) {
     ergo_error err = {0};
     text_state st;
     kv_pool pool;
     kv_seq kv = {0};
-    const kv_pool_config kc = text_kv_config(&m->config.text, KV_F32, 0);
+    const kv_pool_config kc = text_kv_config(&m->config.text, kvt, 0);
     if (text_state_init(&st, &m->config.text, TF_CHUNK, &err) || kv_pool_init(&pool, &kc, &err)) {
         CHECK(0, "%s", err.msg);
         return 0;
     }
-    const size_t V = (size_t)m->config.text.vocab_size;
-    int ok = 1;
-    for (int c0 = 0; c0 < n && ok; c0 += TF_CHUNK) {
-        const int len = n - c0 < TF_CHUNK ? n - c0 : TF_CHUNK;
-        text_input in = {ids + c0, {pos + c0, pos + c0, pos + c0}, len, NULL, 0,
-                         m->config.image_token_id};
-        ok = text_forward(m, &st, &pool, &kv, &in, len, logits + (size_t)c0 * V, &err) == ERGO_OK;
-        CHECK(ok, "prefill: %s", err.msg);
-    }
+    text_seq q = {&kv, {ids, {pos, pos, pos}, n, NULL, 0, m->config.image_token_id}, n, logits,
+                  int8_rows, 0, 0};
+    const int ok = text_forward_batch(m, &st, &pool, &q, 1, &err) == ERGO_OK;
+    CHECK(ok, "forward: %s", err.msg);
     kv_seq_release(&pool, &kv);
     kv_pool_free(&pool);
     text_state_free(&st);
@@ -126,17 +129,34 @@ static double kl_logits(const float *p, const float *q, size_t n) {
     return kl;
 }
 
-static void agree_add(agreement *a, const float *ref, const float *got, size_t V) {
-    a->n++;
-    a->same += argmax(ref, V) == argmax(got, V);
-    const double kl = kl_logits(ref, got, V);
-    a->kl_sum += kl;
-    a->kl_max = fmax(a->kl_max, kl);
+/* Compares n rows of logits (n, V). Each row is measured on its own (in parallel:
+ * a full-vocabulary KL is ~1 ms of exp) and the sums are taken in row order, so the
+ * numbers are those of one row at a time. */
+static void agree_rows(agreement *a, const float *ref, const float *got, int n, size_t V) {
+    int *same = malloc(sizeof *same * (size_t)n);
+    double *kl = malloc(sizeof *kl * (size_t)n);
+    if (!same || !kl) {
+        CHECK(0, "out of memory");
+        free(same), free(kl);
+        return;
+    }
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int i = 0; i < n; i++) {
+        same[i] = argmax(ref + (size_t)i * V, V) == argmax(got + (size_t)i * V, V);
+        kl[i] = kl_logits(ref + (size_t)i * V, got + (size_t)i * V, V);
+    }
+    for (int i = 0; i < n; i++) {
+        a->n++;
+        a->same += same[i];
+        a->kl_sum += kl[i];
+        a->kl_max = fmax(a->kl_max, kl[i]);
+    }
+    free(same), free(kl);
 }
 
-/* Teacher-forced decode, one token at a time, compared with ref as it goes. */
-static int decode_all(const model *m, const int32_t *ids, const int32_t *pos, int n,
-                      const float *ref, agreement *a) {
+/* Teacher-forced decode, one token at a time: the logits of every position (n, V). */
+static int decode_steps(const model *m, const int32_t *ids, const int32_t *pos, int n,
+                        float *logits) {
     ergo_error err = {0};
     text_state st;
     kv_pool pool;
@@ -147,16 +167,13 @@ static int decode_all(const model *m, const int32_t *ids, const int32_t *pos, in
         return 0;
     }
     const size_t V = (size_t)m->config.text.vocab_size;
-    float *row = malloc(sizeof *row * V);
-    int ok = row != NULL;
+    int ok = 1;
     for (int i = 0; i < n && ok; i++) {
         text_input in = {ids + i, {pos + i, pos + i, pos + i}, 1, NULL, 0,
                          m->config.image_token_id};
-        ok = text_forward(m, &st, &pool, &kv, &in, 1, row, &err) == ERGO_OK;
+        ok = text_forward(m, &st, &pool, &kv, &in, 1, logits + (size_t)i * V, &err) == ERGO_OK;
         CHECK(ok, "decode: %s", err.msg);
-        if (ok) agree_add(a, ref + (size_t)i * V, row, V);
     }
-    free(row);
     kv_seq_release(&pool, &kv);
     kv_pool_free(&pool);
     text_state_free(&st);
@@ -170,14 +187,20 @@ static int expected_twins(const model *m, quant_format f) {
 }
 
 static void test_accuracy(void) {
-    const int vocab = QM_SANITIZED ? 4096 : 0;
-    const int n = QM_SANITIZED ? 256 : TF_TOKENS, n_decode = QM_SANITIZED ? 48 : TF_TOKENS;
+    /* the full vocabulary in release builds of the full tier; else the reduced variant */
+    const int reduced = QM_SANITIZED || !test_tier_full();
+    const int vocab = reduced ? 4096 : 0;
+    const int n = reduced ? 256 : TF_TOKENS, n_decode = n;
     if (QM_SANITIZED)
         SKIP("q8/q4 accuracy on the full 7B-width vocabulary runs in release builds only (this "
-             "sanitizer build runs vocabulary 4096, 256 prefill and 48 decode positions)");
+             "sanitizer build runs vocabulary 4096 and 256 positions)");
+    else if (reduced)
+        SKIP("q8/q4 accuracy on the full 7B-width vocabulary: full tier (the fast tier runs "
+             "vocabulary 4096 and 256 positions)");
     model m;
-    double t0 = now_ms();
+    double t0 = now_ms(), t[6] = {0}, tk; /* fill, reference, quantise, prefill, decode, compare */
     if (!load_case(&m, case_path("text/cases", "lm_7b_widths.json"), vocab)) return;
+    t[0] = now_ms() - t0;
     const size_t V = (size_t)m.config.text.vocab_size;
     int32_t *ids = malloc(sizeof *ids * (size_t)n), *pos = malloc(sizeof *pos * (size_t)n);
     float *ref = malloc(sizeof *ref * V * (size_t)n), *got = malloc(sizeof *got * V * (size_t)n);
@@ -193,7 +216,18 @@ static void test_accuracy(void) {
         if (ids[i] < 0) ids[i] = 0;
         pos[i] = i;
     }
-    if (!prefill_all(&m, ids, pos, n, ref)) goto done;
+    tk = now_ms();
+    if (!forward_all(&m, ids, pos, n, ref, 0, KV_F32)) goto done;
+    t[1] = now_ms() - tk;
+    {   /* keys and values kept in bf16 (--kv-dtype bf16) against the f32 cache */
+        agreement kv16 = {0};
+        if (forward_all(&m, ids, pos, n, got, 0, KV_BF16)) agree_rows(&kv16, ref, got, n, V);
+        const double rate = kv16.n ? (double)kv16.same / kv16.n : 0;
+        printf("  [quant_model] bf16 KV cache: top-1 agreement %d/%d = %.2f%%, mean KL %.3e, max "
+               "KL %.3e\n",
+               kv16.same, kv16.n, 100 * rate, kv16.n ? kv16.kl_sum / kv16.n : 0.0, kv16.kl_max);
+        CHECK(kv16.n == n && rate >= 0.99, "bf16 KV cache: top-1 agreement %.4f below 0.99", rate);
+    }
     const quant_format fmts[2] = {QUANT_Q8, QUANT_Q4};
     const double floor_agree[2] = {0.99, 0.90};
     double kl_mean[2][2] = {{0}};
@@ -201,6 +235,7 @@ static void test_accuracy(void) {
         ergo_error err = {0};
         quantize_opts qo = {.format = fmts[f]};
         quantize_report r;
+        tk = now_ms();
         if (model_quantize(&m, &qo, &r, &err)) {
             CHECK(0, "quantize %s: %s", quant_format_name(fmts[f]), err.msg);
             break;
@@ -211,10 +246,29 @@ static void test_accuracy(void) {
         CHECK(fmts[f] == QUANT_Q8 ? head == NULL : (head && head->format == QUANT_Q8),
               "%s: the head's twin is %s", quant_format_name(fmts[f]),
               head ? quant_format_name(head->format) : "none");
+        t[2] += now_ms() - tk;
         agreement pre = {0}, dec = {0};
-        if (prefill_all(&m, ids, pos, n, got))
-            for (int i = 0; i < n; i++) agree_add(&pre, ref + (size_t)i * V, got + (size_t)i * V, V);
-        decode_all(&m, ids, pos, n_decode, ref, &dec);
+        tk = now_ms();
+        if (forward_all(&m, ids, pos, n, got, 0, KV_F32)) {
+            t[3] += now_ms() - tk;
+            tk = now_ms();
+            agree_rows(&pre, ref, got, n, V);
+            t[5] += now_ms() - tk;
+        }
+        tk = now_ms();
+        if (forward_all(&m, ids, pos, n_decode, got, 1, KV_F32)) {
+            t[4] += now_ms() - tk;
+            tk = now_ms();
+            agree_rows(&dec, ref, got, n_decode, V);
+            t[5] += now_ms() - tk;
+            /* the one-piece int8 forward is what decode gives, token by token */
+            float *steps = malloc(sizeof *steps * V * DECODE_CHECK);
+            if (steps && decode_steps(&m, ids, pos, DECODE_CHECK, steps))
+                CHECK(!memcmp(steps, got, sizeof *steps * V * DECODE_CHECK),
+                      "%s: %d decode steps differ from the int8 forward of the same rows",
+                      quant_format_name(fmts[f]), DECODE_CHECK);
+            free(steps);
+        }
         const agreement *both[2] = {&pre, &dec};
         const char *label[2] = {"prefill (dequantised panels)", "decode (int8 activations)"};
         for (int p = 0; p < 2; p++) {
@@ -238,8 +292,10 @@ static void test_accuracy(void) {
     for (int p = 0; p < 2; p++)
         CHECK(kl_mean[0][p] < kl_mean[1][p], "mean KL q8 %g is not below q4 %g", kl_mean[0][p],
               kl_mean[1][p]);
-    printf("  [quant_model] %zu-token vocabulary, %d positions: %.1f s\n", V, n,
-           (now_ms() - t0) / 1e3);
+    printf("  [quant_model] %zu-token vocabulary, %d positions: %.1f s (fill %.1f, reference "
+           "prefill %.1f, quantise %.1f, quantised prefill %.1f, decode %.1f, compare %.1f)\n",
+           V, n, (now_ms() - t0) / 1e3, t[0] / 1e3, t[1] / 1e3, t[2] / 1e3, t[3] / 1e3,
+           t[4] / 1e3, t[5] / 1e3);
 done:
     free(ids), free(pos), free(ref), free(got);
     model_free(&m);
