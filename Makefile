@@ -113,10 +113,23 @@ asan: $(BUILD)/asan/ergo_tests $(BUILD)/asan/ergo
 	ERGO_TEST_TIER=$(TIER) ERGO_BIN=$(BUILD)/asan/ergo ./$(BUILD)/asan/ergo_tests $(TEST_ARGS)
 
 # libFuzzer targets: clang only. Each fuzz/fuzz_<name>.c calls the library's entry point.
+# The library is compiled once with the fuzzer's instrumentation (fuzzer-no-link) into
+# libergo_fuzz.a, and each target links against it.
 FUZZ_FLAGS := $(filter-out -fopenmp $(WARN),$(BASEFLAGS)) -O1 -g -fsanitize=fuzzer,address,undefined
-$(BUILD)/fuzz/%: fuzz/%.c $(LIB_SRC) $(HEADERS)
+FUZZ_LIB_FLAGS := $(filter-out -fopenmp $(WARN),$(BASEFLAGS)) -O1 -g \
+                  -fsanitize=fuzzer-no-link,address,undefined -fopenmp
+$(BUILD)/fuzz/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	@echo "CC (fuzz) $<"
+	@$(CLANG) $(FUZZ_LIB_FLAGS) -c $< -o $@
+
+$(BUILD)/fuzz/libergo_fuzz.a: $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(LIB_SRC))
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/fuzz/%: fuzz/%.c $(BUILD)/fuzz/libergo_fuzz.a $(HEADERS)
 	@mkdir -p $(BUILD)/fuzz
-	$(CLANG) $(FUZZ_FLAGS) -fopenmp $< $(LIB_SRC) $(PKG_LIBS) -lm -o $@
+	$(CLANG) $(FUZZ_FLAGS) -fopenmp $< $(BUILD)/fuzz/libergo_fuzz.a $(PKG_LIBS) -lm -o $@
 
 fuzz: $(FUZZ_BINS)
 
