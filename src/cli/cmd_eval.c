@@ -75,8 +75,9 @@ static void usage(FILE *out) {
 "many tokens per stage; --box-text TEXT reads the box from TEXT.\n"
 "\n"
 "Parquet: PLAIN and dictionary (PLAIN_DICTIONARY / RLE_DICTIONARY) pages, data pages v1 and\n"
-"v2, RLE / bit-packed levels, byte arrays, int32/int64/float/double/boolean, one level of\n"
-"LIST; UNCOMPRESSED, SNAPPY, GZIP, ZSTD. Not supported (refused by name): encrypted files or\n"
+"v2, RLE / bit-packed levels, byte arrays, fixed-length byte arrays, int32/int64/float/\n"
+"double/boolean, one level of LIST; UNCOMPRESSED, SNAPPY, GZIP, ZSTD. Not supported (refused\n"
+"by name): encrypted files or\n"
 "columns, column chunks in other files, INT96, nested types other than one level of LIST,\n"
 "lists of structs, the codecs LZO, BROTLI, LZ4, LZ4_RAW, the encodings DELTA_BINARY_PACKED,\n"
 "DELTA_LENGTH_BYTE_ARRAY, DELTA_BYTE_ARRAY, BYTE_STREAM_SPLIT, and BIT_PACKED levels.\n",
@@ -256,23 +257,30 @@ int cmd_eval(int argc, char **argv) {
         int bad = rc != 0, any = 0;
         MPI_Allreduce(&bad, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
         if (rank == 0 && !any) {
-            char dirs[64][4096];
-            const char *dp[64];
-            int nd = size < 64 ? size : 64;
-            for (int r = 0; r < nd; r++) {
-                snprintf(dirs[r], sizeof dirs[r], "%s/rank-%d", final_out, r);
-                dp[r] = dirs[r];
+            char **dp = calloc((size_t)size, sizeof *dp);
+            int okm = dp != NULL;
+            for (int r = 0; okm && r < size; r++) {
+                size_t len = strlen(final_out) + 32;
+                if ((okm = (dp[r] = malloc(len)) != NULL)) snprintf(dp[r], len, "%s/rank-%d", final_out, r);
             }
-            if (eval_merge(final_out, dp, nd, &c, &err)) rc = fail(err.msg);
+            if (!okm) rc = fail("out of memory");
+            else if (eval_merge(final_out, (const char *const *)dp, size, &c, &err)) rc = fail(err.msg);
+            for (int r = 0; dp && r < size; r++) free(dp[r]);
+            free(dp);
         } else if (rank == 0 && any && !rc) {
             rc = fail("another rank failed (see its message)");
         }
     }
     if (inited) MPI_Finalize();
 #endif
-    if (!rc && rank == 0) {
+    if (!rc && rank == 0) { /* the reports on stdout, as the reference prints its own */
         char path[4200];
         snprintf(path, sizeof path, "%s/summary.md", final_out);
+        FILE *f = fopen(path, "rb");
+        char buf[8192];
+        size_t n;
+        while (f && (n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, stdout);
+        if (f) fclose(f);
         printf("summary: %s\n", path);
     }
     return rc;

@@ -263,8 +263,6 @@ static json_t *run_one(const eval_config *c, context *ctx, const bench_sample *s
 
 /* ---------------------------------------------------------------- the loop */
 
-static int has_key(json_t *done, const char *id) { return json_object_get(done, id) != NULL; }
-
 ergo_status eval_append(int fd, json_t *rec, const char *path, ergo_error *err) {
     char *txt = json_dumps(rec, JSON_COMPACT | JSON_ENSURE_ASCII);
     if (!txt) return ergo_fail(err, ERGO_E_NOMEM, "cannot format a result record");
@@ -410,7 +408,6 @@ ergo_status eval_run(const eval_config *c, context *ctx, ergo_error *err) {
                 json_decref(rec);
             }
         }
-        (void)has_key;
         image_free(&img);
         bench_sample_free(&smp);
         n_done++;
