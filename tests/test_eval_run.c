@@ -394,7 +394,7 @@ static void test_endpoint(const char *root) {
     char cmd[8192], err[2048], out[1100];
     snprintf(out, sizeof out, "%s", scratch("endpoint"));
     snprintf(cmd, sizeof cmd, "%s eval --bench vstar --data-root %s --endpoint http://127.0.0.1:%d/v1 "
-             "--api-key K1 --out %s --limit 3 --max-vision-tokens 64 --no-progress", g_bin, root, port, out);
+             "--api-key K1 --out %s --limit 3 --max-vision-tokens 64 --no-progress --concurrency 2", g_bin, root, port, out);
     int rc = sh(cmd, err, sizeof err);
     MHD_stop_daemon(d);
     CHECK(rc == 0, "endpoint: exit %d: %s", rc, err);

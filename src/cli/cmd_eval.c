@@ -64,8 +64,8 @@ static void usage(FILE *out) {
 "--endpoint URL (e.g. http://127.0.0.1:8008/v1) sends the reference's two chat-completion\n"
 "requests (system prompt, image part first as a PNG data URL labelled image/jpeg,\n"
 "temperature 0, max_tokens 1024, stop <|im_end|>, seed 42), retrying 408/409/429/5xx and\n"
-"connection errors with doubling backoff (--retries, 4). --concurrency is accepted; the\n"
-"requests are sent one sample at a time today.\n"
+"connection errors with doubling backoff (--retries, 4). --concurrency N (16, as the\n"
+"reference): samples in flight at once, each sending its two requests in turn.\n"
 "\n"
 "--crop-probe gt|noise|full (samples with a ground-truth box: `ergo synth` data, V* with a\n"
 "bbox): also runs ERGO with stage 2 seeing the ground-truth region, noise of that size, or\n"
@@ -77,10 +77,10 @@ static void usage(FILE *out) {
 "Parquet: PLAIN and dictionary (PLAIN_DICTIONARY / RLE_DICTIONARY) pages, data pages v1 and\n"
 "v2, RLE / bit-packed levels, byte arrays, fixed-length byte arrays, int32/int64/float/\n"
 "double/boolean, one level of LIST; UNCOMPRESSED, SNAPPY, GZIP, ZSTD. Not supported (refused\n"
-"by name): encrypted files or\n"
-"columns, column chunks in other files, INT96, nested types other than one level of LIST,\n"
-"lists of structs, the codecs LZO, BROTLI, LZ4, LZ4_RAW, the encodings DELTA_BINARY_PACKED,\n"
-"DELTA_LENGTH_BYTE_ARRAY, DELTA_BYTE_ARRAY, BYTE_STREAM_SPLIT, and BIT_PACKED levels.\n",
+"by name): encrypted files or columns, column chunks in other files, INT96, nested types\n"
+"other than one level of LIST, lists of structs, the codecs LZO, BROTLI, LZ4, LZ4_RAW, the\n"
+"encodings DELTA_BINARY_PACKED, DELTA_LENGTH_BYTE_ARRAY, DELTA_BYTE_ARRAY, BYTE_STREAM_SPLIT,\n"
+"and BIT_PACKED levels.\n",
         out);
 }
 

@@ -6,6 +6,7 @@
 #include <curl/curl.h>
 #include <gd.h>
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -244,6 +245,60 @@ static void run_sample(const eval_config *c, CURL *h, const char *url, const ben
     free(u1), free(u2), free(t1), free(t2), free(r1), free(r2), free(full);
 }
 
+/* One sample's requests, on a worker thread with its own curl handle. */
+typedef struct job {
+    const eval_config *c;
+    const char *url;
+    CURL *h;
+    bench_sample smp;
+    json_t *recs[EVAL_MAX_BUDGETS]; /* NULL: already in the results */
+} job;
+
+static void *job_main(void *p) {
+    job *j = p;
+    image img = {0};
+    char img_err[sizeof(ergo_error)] = "";
+    if (!j->smp.failed) {
+        ergo_error ie = {0};
+        if (j->smp.image_path ? image_decode_file(&img, j->smp.image_path, NULL, &ie)
+                              : image_decode_memory(&img, j->smp.image, j->smp.image_size, j->smp.key, NULL, &ie))
+            snprintf(img_err, sizeof img_err, "%s", ie.msg);
+    }
+    for (int b = 0; b < j->c->n_budgets; b++) {
+        if (!j->recs[b]) continue;
+        if (j->smp.failed || img_err[0]) eval_record_fail(j->recs[b], j->smp.failed ? j->smp.error : img_err);
+        else run_sample(j->c, j->h, j->url, &j->smp, &img, j->c->budgets[b], j->recs[b]);
+    }
+    image_free(&img);
+    return NULL;
+}
+
+/* Runs jobs[0..n) at once (one thread each: at most --concurrency samples, so requests,
+ * in flight, as the reference's semaphore), then appends their records in order. */
+static ergo_status run_jobs(job *jobs, int n, int fd, const char *path, int64_t *correct, int64_t *fresh,
+                            ergo_error *err) {
+    pthread_t th[256];
+    int started[256] = {0};
+    for (int i = 0; i < n; i++) started[i] = n == 1 ? 0 : pthread_create(&th[i], NULL, job_main, &jobs[i]) == 0;
+    for (int i = 0; i < n; i++) {
+        if (started[i]) pthread_join(th[i], NULL);
+        else job_main(&jobs[i]); /* one job, or a thread that could not start */
+    }
+    ergo_status s = ERGO_OK;
+    for (int i = 0; i < n; i++) {
+        for (int b = 0; b < EVAL_MAX_BUDGETS; b++) {
+            if (!jobs[i].recs[b]) continue;
+            *correct += json_is_true(json_object_get(jobs[i].recs[b], "correct"));
+            if (!s) s = eval_append(fd, jobs[i].recs[b], path, err);
+            (*fresh)++;
+            json_decref(jobs[i].recs[b]);
+            jobs[i].recs[b] = NULL;
+        }
+        bench_sample_free(&jobs[i].smp);
+    }
+    return s;
+}
+
 ergo_status eval_run_endpoint(const eval_config *c, ergo_error *err) {
     if (c->modes != EVAL_MODE_ERGO || c->probe)
         return ergo_fail(err, ERGO_E_UNSUPPORTED,
@@ -253,62 +308,69 @@ ergo_status eval_run_endpoint(const eval_config *c, ergo_error *err) {
     while (ul && c->endpoint[ul - 1] == '/') ul--;
     if (ul + 20 >= sizeof url) return ergo_fail(err, ERGO_E_ARG, "--endpoint URL too long");
     snprintf(url, sizeof url, "%.*s/chat/completions", (int)ul, c->endpoint);
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) /* before any thread */
+        return ergo_fail(err, ERGO_E_IO, "cannot initialise libcurl");
+    int conc = c->concurrency < 1 ? 1 : c->concurrency > 256 ? 256 : c->concurrency;
     char path[4096];
     json_t *done = NULL;
     int fd = -1;
     ergo_status s = eval_open_results(c, path, sizeof path, &done, &fd, err);
     if (s) return s;
     bench_iter *it = NULL;
-    CURL *h = curl_easy_init();
-    if (!h) s = ergo_fail(err, ERGO_E_NOMEM, "cannot start libcurl");
+    job *jobs = calloc((size_t)conc, sizeof *jobs);
+    if (!jobs) s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+    for (int i = 0; !s && i < conc; i++) {
+        jobs[i].c = c, jobs[i].url = url;
+        if (!(jobs[i].h = curl_easy_init())) s = ergo_fail(err, ERGO_E_NOMEM, "cannot start libcurl");
+    }
     if (!s) s = bench_open(&it, c->kind, c->data_root, NULL, err);
     int64_t idx = 0, n_done = 0, correct = 0, fresh = 0,
             total = c->limit > 0 ? (c->limit - c->shard_i + c->shard_n - 1) / c->shard_n : 0;
+    int nj = 0, end = 0;
     double t0 = now_ms();
-    while (!s) {
+    while (!s && !end) {
         bench_sample smp;
-        int end = 0, stop = 0;
+        int stop = 0;
         memset(&smp, 0, sizeof smp);
-        if ((s = bench_next(it, &smp, &end, err)) || end) break;
-        if (!eval_takes(c, &smp, &idx, &stop)) {
+        if ((s = bench_next(it, &smp, &end, err))) break;
+        if (!end && !eval_takes(c, &smp, &idx, &stop)) {
             bench_sample_free(&smp);
-            if (stop) break;
-            continue;
+            if (stop) end = 1;
+            else continue;
         }
-        image img = {0};
-        int decoded = 0;
-        char img_err[sizeof(ergo_error)] = "";
-        for (int b = 0; b < c->n_budgets && !s; b++) {
-            json_t *rec = eval_record_base(c, &smp, "ergo", c->budgets[b]);
-            json_t *prev = json_object_get(done, json_string_value(json_object_get(rec, "id")));
-            if (prev) {
-                correct += json_is_true(json_object_get(prev, "correct"));
-                json_decref(rec);
-                continue;
+        if (!end) {
+            int need = 0;
+            for (int b = 0; b < c->n_budgets; b++) {
+                json_t *rec = eval_record_base(c, &smp, "ergo", c->budgets[b]);
+                json_t *prev = json_object_get(done, json_string_value(json_object_get(rec, "id")));
+                if (prev) {
+                    correct += json_is_true(json_object_get(prev, "correct"));
+                    json_decref(rec);
+                    rec = NULL;
+                }
+                jobs[nj].recs[b] = rec;
+                need += rec != NULL;
             }
-            if (!decoded && !smp.failed) {
-                ergo_error ie = {0};
-                if (smp.image_path ? image_decode_file(&img, smp.image_path, NULL, &ie)
-                                   : image_decode_memory(&img, smp.image, smp.image_size, smp.key, NULL, &ie))
-                    snprintf(img_err, sizeof img_err, "%s", ie.msg);
-                decoded = 1;
-            }
-            if (smp.failed || img_err[0]) eval_record_fail(rec, smp.failed ? smp.error : img_err);
-            else run_sample(c, h, url, &smp, &img, c->budgets[b], rec);
-            correct += json_is_true(json_object_get(rec, "correct"));
-            s = eval_append(fd, rec, path, err);
-            json_decref(rec);
-            fresh++;
+            n_done++;
+            if (need) jobs[nj++].smp = smp;
+            else bench_sample_free(&smp);
         }
-        image_free(&img);
-        bench_sample_free(&smp);
-        n_done++;
-        if (!s) eval_progress(c, n_done, total > n_done ? total : n_done, correct, n_done * c->n_budgets, t0,
-                              fresh / c->n_budgets, 0);
+        if (nj == conc || (end && nj)) {
+            s = run_jobs(jobs, nj, fd, path, &correct, &fresh, err);
+            nj = 0;
+            eval_progress(c, n_done, total > n_done ? total : n_done, correct, n_done * c->n_budgets, t0,
+                          fresh / c->n_budgets, 0);
+        }
+    }
+    for (int i = 0; jobs && i < nj; i++) { /* after a failure: what was not run */
+        for (int b = 0; b < EVAL_MAX_BUDGETS; b++) json_decref(jobs[i].recs[b]);
+        bench_sample_free(&jobs[i].smp);
     }
     if (c->progress == 1) fputc('\n', stderr);
     if (it) bench_close(it);
-    if (h) curl_easy_cleanup(h);
+    for (int i = 0; jobs && i < conc; i++)
+        if (jobs[i].h) curl_easy_cleanup(jobs[i].h);
+    free(jobs);
     close(fd);
     json_decref(done);
     if (!s) s = eval_summarize(c->out_dir, c, NULL, err);

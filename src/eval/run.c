@@ -26,7 +26,7 @@ void eval_config_default(eval_config *c) {
     c->n_budgets = 1;
     c->shard_n = 1;
     ergo_options_default(&c->run);
-    c->concurrency = 1;
+    c->concurrency = 16;
     c->max_retries = 4;
     c->retry_base_ms = 500;
 }

@@ -53,7 +53,7 @@ typedef struct eval_config {
     int progress;              /* 1: a \r bar on stderr, 0: plain lines, -1: none */
     const char *endpoint;      /* set: the two requests go to this OpenAI-compatible URL */
     const char *api_key;       /* NULL: "EMPTY" as the reference */
-    int concurrency;           /* endpoint: requests in flight (reserved; 1 today) */
+    int concurrency;           /* endpoint: samples in flight, one request each (16) */
     int max_retries;           /* endpoint: attempts after the first on 429/5xx/connection */
     double retry_base_ms;      /* endpoint: first backoff, doubling */
 } eval_config;
