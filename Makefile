@@ -26,7 +26,9 @@ CLANG   ?= clang
 # libcurl: models from the Hugging Face hub (src/io/hub.c)
 # gdlib: the --save-viz picture's text and PNG (src/pipeline/viz.c)
 # snappy, libzstd, zlib: the codecs of the benchmarks' parquet files (src/eval/parquet.c)
-PKGS    := jansson libpcre2-8 libutf8proc libjpeg libpng nettle libcurl gdlib snappy libzstd zlib
+# libmicrohttpd: the loopback server of the eval endpoint test (and `ergo serve`)
+PKGS    := jansson libpcre2-8 libutf8proc libjpeg libpng nettle libcurl gdlib snappy libzstd zlib \
+           libmicrohttpd
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -45,6 +47,14 @@ CFLAGS_RELEASE := $(BASEFLAGS) -O2 -g
 CFLAGS_ASAN    := $(BASEFLAGS) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined \
                   -fno-omit-frame-pointer
 LDLIBS  := $(PKG_LIBS) -lm -fopenmp
+
+# Open MPI (libopenmpi-dev): `mpirun -np K ergo eval` shards over the ranks. Built only
+# when pkg-config finds it (MPI=0 to leave it out); only the CLI links it.
+MPI ?= $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1 || echo 0)
+ifeq ($(MPI),1)
+MPI_CFLAGS := -DERGO_MPI $(shell pkg-config --cflags ompi-c)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c)
+endif
 
 # BUILD, MODULES and TESTS let one developer build a subset in a separate folder
 # while other modules are being written, e.g.
@@ -79,8 +89,11 @@ $(BUILD)/libergo.a: $(patsubst %.c,$(BUILD)/release/%.o,$(LIB_SRC))
 	@rm -f $@
 	ar rcs $@ $^
 
+$(BUILD)/release/src/cli/cmd_eval.o: CFLAGS_RELEASE += $(MPI_CFLAGS)
+$(BUILD)/asan/src/cli/cmd_eval.o: CFLAGS_ASAN += $(MPI_CFLAGS)
+
 $(BUILD)/ergo: $(patsubst %.c,$(BUILD)/release/%.o,$(CLI_SRC)) $(BUILD)/libergo.a
-	$(CC) $(CFLAGS_RELEASE) $^ $(LDLIBS) -o $@
+	$(CC) $(CFLAGS_RELEASE) $^ $(LDLIBS) $(MPI_LIBS) -o $@
 
 # The runner's suite table comes from the test file names.
 $(BUILD)/suites.h: $(TEST_SRC) FORCE
@@ -99,7 +112,7 @@ $(BUILD)/asan/ergo_tests: $(patsubst %.c,$(BUILD)/asan/%.o,$(TEST_SRC) tests/run
 	$(CC) $(CFLAGS_ASAN) $^ $(LDLIBS) -o $@
 
 $(BUILD)/asan/ergo: $(patsubst %.c,$(BUILD)/asan/%.o,$(CLI_SRC) $(LIB_SRC))
-	$(CC) $(CFLAGS_ASAN) $^ $(LDLIBS) -o $@
+	$(CC) $(CFLAGS_ASAN) $^ $(LDLIBS) $(MPI_LIBS) -o $@
 
 # Tests that run the CLI find it through ERGO_BIN. The runner's arguments: T's words
 # as substrings, S's as exact names (=NAME); an unknown name is an error.

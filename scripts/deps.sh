@@ -12,6 +12,8 @@ packages=(
   libcurl4-openssl-dev              # models from the Hugging Face hub (HTTPS)
   libgd-dev                         # the --save-viz picture (text, PNG)
   libsnappy-dev libzstd-dev zlib1g-dev  # codecs of the benchmarks' parquet files (ergo eval)
+  libmicrohttpd-dev                 # the eval endpoint test's loopback server (and ergo serve)
+  libopenmpi-dev openmpi-bin        # mpirun -np K ergo eval (optional: built when found)
 )
 if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi
 $sudo apt-get update -qq

@@ -312,6 +312,13 @@ ergo_status ergo_run(context *c, const ergo_options *o, const image *original,
         r->view = ERGO_VIEW_FALLBACK_DOWNSAMPLED;
         s = image_crop(&r->stage2_image, &r->stage1_image, 0, 0, r->w1, r->h1, err);
     }
+    if (!s && o->stage2_image) { /* a probe: stage 2 sees another image, encoded anew */
+        image alt = {0};
+        s = o->stage2_image(o->stage2_image_ctx, original, &r->stage1_image, &alt, err);
+        image_free(&r->stage2_image);
+        r->stage2_image = alt;
+        if (r->view == ERGO_VIEW_FALLBACK_DOWNSAMPLED) r->view = ERGO_VIEW_FALLBACK_FULL;
+    }
     r->s2.image_ms = now_ms() - t0;
     if (s) goto done;
     r->s2.ran = 1;

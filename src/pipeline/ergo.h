@@ -50,6 +50,13 @@ typedef enum ergo_fallback {
     ERGO_FALLBACK_DOWNSAMPLED, /* the stage-1 image again (its vision rows reused) */
 } ergo_fallback;
 
+/* A probe's replacement for the stage-2 image (eval --crop-probe): called with the
+ * original and the stage-1 image after the box is read; *out (not initialised) gets
+ * the image stage 2 sees instead of the crop or fallback. */
+typedef ergo_status (*ergo_stage2_image_fn)(void *ctx, const image *original,
+                                            const image *stage1_image, image *out,
+                                            ergo_error *err);
+
 typedef struct ergo_options {
     int max_vision_tokens;   /* stage-1 budget: MAX_PIXELS = this * 28 * 28 (1280) */
     int max_new_tokens;      /* per stage (1024) */
@@ -63,6 +70,8 @@ typedef struct ergo_options {
     const char *box_text;
     generate_text_fn on_text; /* streams the text of both stages (may be NULL) */
     void *on_text_ctx;
+    ergo_stage2_image_fn stage2_image; /* NULL: the crop / fallback (the method) */
+    void *stage2_image_ctx;
 } ergo_options;
 
 void ergo_options_default(ergo_options *o);
