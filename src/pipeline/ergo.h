@@ -50,6 +50,8 @@ typedef enum ergo_fallback {
     ERGO_FALLBACK_DOWNSAMPLED, /* the stage-1 image again (its vision rows reused) */
 } ergo_fallback;
 
+struct ergo_result;
+
 typedef struct ergo_options {
     int max_vision_tokens;   /* stage-1 budget: MAX_PIXELS = this * 28 * 28 (1280) */
     int max_new_tokens;      /* per stage (1024) */
@@ -63,6 +65,10 @@ typedef struct ergo_options {
     const char *box_text;
     generate_text_fn on_text; /* streams the text of both stages (may be NULL) */
     void *on_text_ctx;
+    /* Called once stage 1 is done and the box (or the fallback) is decided, before
+     * stage 2 starts (may be NULL; gets on_text_ctx): the CLI prints the box line
+     * between the streamed stages and times the stages. */
+    void (*on_stage1)(void *ctx, const struct ergo_result *r);
 } ergo_options;
 
 void ergo_options_default(ergo_options *o);
