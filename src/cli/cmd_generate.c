@@ -27,12 +27,18 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: ergo generate --model DIR [--image FILE]... --prompt TEXT [--system TEXT]\n"
-            "                     [--max-new-tokens N] [--greedy | --temperature T --top-p P\n"
+            "usage: ergo generate -m|--model DIR [-i|--image FILE]... -p|--prompt TEXT\n"
+            "                     [-f|--prompt-file FILE|-] [--system TEXT] [-t|--threads N]\n"
+            "                     [-q|--quiet] [-n|--max-new-tokens N (1..1048576)]\n"
+            "                     [--greedy | --temperature T (0..100] --top-p P (0..1]\n"
             "                     --top-k K --min-p P --seed S] [--repetition-penalty R]\n"
             "                     [--stop TEXT]... [--min-pixels N --max-pixels N] [--json]\n"
             "                     [--dump-logits FILE] [--weights bf16|q8|q4]\n"
             "                     [--weights-cache auto|off|FILE] [--kv-dtype f32|bf16]\n"
+            "\n"
+            "--question/--question-file are aliases of --prompt/--prompt-file (- reads stdin).\n"
+            "Options and images are checked before the model is loaded (usage errors exit 2,\n"
+            "bad inputs 1); progress goes to stderr (--quiet or ERGO_PROGRESS=0: none).\n"
             "\n"
             "Answers one user turn: the images (in order) then TEXT, after an optional system\n"
             "message (the chat template's default one otherwise), rendered with DIR's chat\n"

@@ -28,9 +28,10 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: ergo run --model DIR|OWNER/NAME --image FILE --question TEXT [--option TEXT]...\n"
-            "                [--postfix TEXT] [--mode ergo|baseline|both] [--max-vision-tokens N]\n"
-            "                [--max-new-tokens N] [--fallback full|downsampled] [--json]\n"
+            "usage: ergo run -m|--model DIR|OWNER/NAME -i|--image FILE -p|--question TEXT\n"
+            "                [--option TEXT]... [--postfix TEXT] [--mode ergo|baseline|both]\n"
+            "                [--max-vision-tokens N] [-n|--max-new-tokens N (1..1048576)]\n"
+            "                [--fallback full|downsampled] [--json] [-t|--threads N] [-q|--quiet]\n"
             "                [--save-crop FILE.png] [--save-viz FILE.png] [--stage1-text TEXT]\n"
             "                [--weights bf16|q8|q4] [--weights-cache auto|off|FILE] [--kv-dtype f32|bf16]\n"
             "                [--fixed-tokens S1,S2,BASELINE] [--box-text TEXT]\n"
@@ -79,6 +80,14 @@ static void usage(FILE *out) {
             "--batch: one JSON object per line {\"image\", \"question\", \"options\": [...],\n"
             "\"postfix\", \"id\"}; one JSON result per line on stdout as each item finishes (an\n"
             "error object for a bad line), the model loaded once, progress on a terminal.\n"
+            "\n"
+            "--question-file FILE (-f) reads the question from FILE (- for stdin; one trailing\n"
+            "newline dropped); --prompt and --prompt-file are aliases. Every option and the image\n"
+            "(exists, decodes, fits the processor after ERGO's resize) are checked before the\n"
+            "model is loaded: usage errors exit 2, bad inputs 1. Progress goes to stderr (a\n"
+            "redrawn line on a terminal, one line per phase otherwise; --quiet or\n"
+            "ERGO_PROGRESS=0 silences it); in plain mode both stages' text streams to stdout,\n"
+            "the box line between them. --threads N: OpenMP threads (default: all cores).\n"
             "\n"
             "--model takes a local checkpoint directory or a hub id such as nota-ai/ERGO-7B\n"
             "(downloaded on first use into the Hugging Face cache; offline, pass a directory).\n");
