@@ -188,6 +188,30 @@ static void test_runs(const char *dir) {
     free(out), free(e);
 }
 
+/* ergo chat: two turns on one session, an image attached between them, a bad one
+ * refused without ending the conversation. */
+static void test_chat(const char *dir) {
+    const char *in = cli_scratch("chat_in.txt");
+    const char *lines = "Hi there\n/image tests/fixtures/text/img_84x112.png\nWhat is it?\n"
+                        "/image nope.png\n/quit\nnot read\n";
+    ergo_error err = {0};
+    CHECK(file_write_all(in, lines, strlen(lines), &err) == ERGO_OK, "%s", err.msg);
+    char a[4096], *out, *e;
+    snprintf(a, sizeof a, "chat -m %s -n 5 --greedy -t 1", dir);
+    int rc = run_ergo("ERGO_PROGRESS=1", a, in, &out, &e);
+    int n_lines = 0;
+    for (const char *p = out; p && *p; p++) n_lines += *p == '\n';
+    const char *p1 = e ? strstr(e, "ergo: prefill ") : NULL;
+    const char *p2 = p1 ? strstr(p1 + 1, "ergo: prefill ") : NULL;
+    CHECK(rc == 0 && n_lines == 2 && e && strstr(e, "ergo: encode image (112x84): 12 vision tokens") &&
+              p2 && strstr(e, "ergo chat: nope.png: ") && !strstr(p2 + 1, "ergo: prefill "),
+          "chat: exit %d, %d answer lines, stdout \"%s\", stderr \"%s\"", rc, n_lines,
+          out ? out : "", e ? e : "");
+    free(out), free(e);
+    snprintf(a, sizeof a, "chat -m %s -i %s", dir, cli_scratch("missing.jpg"));
+    check_refused(NULL, a, 1, "ergo chat: ", "missing.jpg", "chat with a missing image");
+}
+
 void test_cli(void) {
     if (!getenv("ERGO_BIN")) {
         SKIP("ERGO_BIN not set: the CLI tests need the ergo binary (make test sets it)");
@@ -207,4 +231,5 @@ void test_cli(void) {
     test_version_help();
     test_usage_and_inputs(model_dir);
     test_runs(model_dir);
+    test_chat(model_dir);
 }

@@ -30,6 +30,7 @@ typedef struct command {
 static const command commands[] = {
     {"run", cmd_run, "ERGO's two-stage answer about an image (or the one-pass baseline)"},
     {"generate", cmd_generate, "answer a prompt about images (chat template, vision, decoding)"},
+    {"chat", cmd_chat, "talk with a model turn by turn on one session (/image FILE attaches)"},
     /* serve and eval go here (cmd_serve.c, cmd_eval.c) */
     {"download", cmd_download, "fetch a checkpoint from the Hugging Face hub into the local cache"},
     {"inspect", cmd_inspect, "print the architecture of a checkpoint directory"},
