@@ -511,7 +511,8 @@ static int run_batch(context *c, options *o) {
     if (file_read_all(o->batch, (size_t)1 << 30, &data, &size, &err)) return fail(err.msg);
     int n_lines = 0;
     for (size_t i = 0; i < size; i++) n_lines += data[i] == '\n' || (i + 1 == size);
-    const int tty = isatty(2);
+    const int tty = progress_is_tty(); /* the batch's own line; --quiet silences it */
+    progress_set_quiet(1);             /* not the per-stage lines of every item */
     o->json = 1;
     int done = 0, failed = 0, line_no = 0;
     double t0 = now_ms();
