@@ -114,16 +114,32 @@ $(BUILD)/asan/ergo_tests: $(patsubst %.c,$(BUILD)/asan/%.o,$(TEST_SRC) tests/run
 $(BUILD)/asan/ergo: $(patsubst %.c,$(BUILD)/asan/%.o,$(CLI_SRC) $(LIB_SRC))
 	$(CC) $(CFLAGS_ASAN) $^ $(LDLIBS) $(MPI_LIBS) -o $@
 
+# `ergo --version`: the version, the commit and the flags of this build, baked into
+# main.o; the stamp changes (and main.o is rebuilt) when the commit does.
+ERGO_VERSION    := 0.1.0
+ERGO_GIT_COMMIT := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)$(shell git diff --quiet HEAD -- 2>/dev/null || echo -dirty)
+$(BUILD)/version.stamp: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(ERGO_VERSION) $(ERGO_GIT_COMMIT)' > $@.tmp
+	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+$(BUILD)/release/src/cli/main.o $(BUILD)/asan/src/cli/main.o: $(BUILD)/version.stamp
+$(BUILD)/release/src/cli/main.o: CFLAGS_RELEASE += -DERGO_VERSION='"$(ERGO_VERSION)"' \
+    -DERGO_GIT_COMMIT='"$(ERGO_GIT_COMMIT)"' -DERGO_BUILD_FLAGS='"$(CC) -O2 -std=c11 -ffp-contract=off -fopenmp, no -march (ISA chosen at run time)"'
+$(BUILD)/asan/src/cli/main.o: CFLAGS_ASAN += -DERGO_VERSION='"$(ERGO_VERSION)"' \
+    -DERGO_GIT_COMMIT='"$(ERGO_GIT_COMMIT)"' -DERGO_BUILD_FLAGS='"$(CC) -O1 -std=c11 -ffp-contract=off -fopenmp -fsanitize=address,undefined"'
+
 # Tests that run the CLI find it through ERGO_BIN. The runner's arguments: T's words
 # as substrings, S's as exact names (=NAME); an unknown name is an error.
+# ERGO_PROGRESS=0: the progress lines would mix with the one-line errors the CLI tests
+# read (tests/test_cli.c turns them back on where it checks them).
 TIER      ?= fast
 TEST_ARGS  = $(T) $(addprefix =,$(S))
 test: $(BUILD)/ergo_tests $(BUILD)/ergo
-	ERGO_TEST_TIER=$(TIER) ERGO_BIN=$(BUILD)/ergo ./$(BUILD)/ergo_tests $(TEST_ARGS)
+	ERGO_PROGRESS=0 ERGO_TEST_TIER=$(TIER) ERGO_BIN=$(BUILD)/ergo ./$(BUILD)/ergo_tests $(TEST_ARGS)
 
 asan: $(BUILD)/asan/ergo_tests $(BUILD)/asan/ergo
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	ERGO_TEST_TIER=$(TIER) ERGO_BIN=$(BUILD)/asan/ergo ./$(BUILD)/asan/ergo_tests $(TEST_ARGS)
+	ERGO_PROGRESS=0 ERGO_TEST_TIER=$(TIER) ERGO_BIN=$(BUILD)/asan/ergo ./$(BUILD)/asan/ergo_tests $(TEST_ARGS)
 
 # libFuzzer targets: clang only. Each fuzz/fuzz_<name>.c calls the library's entry point.
 # The library is compiled once with the fuzzer's instrumentation (fuzzer-no-link) into

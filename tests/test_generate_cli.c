@@ -260,7 +260,7 @@ static void test_refusals(const char *dir, const char *small_dir, const char *br
     const char *broken[] = {"--model", broken_dir, "--prompt", "x", NULL};
     check_refusal(broken, 1, "model.layers.1.mlp.up_proj.weight", "missing tensor");
     const char *bad_temp[] = {"--model", dir, "--prompt", "x", "--temperature", "0", NULL};
-    check_refusal(bad_temp, 1, "temperature", "temperature 0");
+    check_refusal(bad_temp, 2, "--temperature: 0 is below", "temperature 0");
 }
 
 void test_generate_cli(void) {

@@ -372,7 +372,7 @@ static void check_cli(const char *dir, const char *img) {
     free(errtext);
     snprintf(args, sizeof args, "--model %s --image %s --question Q --weights q5", dir, img);
     rc = run_cli(args, "weights_bad", &out, &errtext);
-    CHECK(rc == 1 && errtext && strstr(errtext, "--weights q5: use bf16"),
+    CHECK(rc == 2 && errtext && strstr(errtext, "--weights q5: use bf16"), /* a usage error (issue 15) */
           "--weights q5: exit %d, stderr \"%s\"", rc, errtext ? errtext : "");
     free(out);
     free(errtext);

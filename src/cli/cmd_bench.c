@@ -14,6 +14,7 @@
 
 #include "base/clock.h"
 #include "base/file.h"
+#include "cli.h"
 #include "commands.h"
 #include "image/image.h"
 #include "image/preprocess.h"
@@ -159,7 +160,7 @@ int bench_model_main(int argc, char **argv);
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: ergo bench model (--model DIR | --random 7b|3b) [options]  (see ergo bench model --help)\n"
+            "usage: ergo bench model (-m DIR | --random 7b|3b) [options]  (see ergo help bench model)\n"
             "       ergo bench inputs --model DIR [--text FILE] [--image FILE] [--reps N]\n"
             "  Times the input side: tokenizer load/encode/decode over FILE's text, and\n"
             "  an image's decode, ERGO stage-1 resize and processor (DIR needs\n"
@@ -180,32 +181,20 @@ int cmd_bench(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "ergo bench: %s needs a value\n", a);
-            return 2;
-        }
-        if (!strcmp(a, "--model")) model = argv[++i];
-        else if (!strcmp(a, "--text")) text = argv[++i];
-        else if (!strcmp(a, "--image")) image_path = argv[++i];
-        else if (!strcmp(a, "--reps")) {
-            char *end;
-            long v = strtol(argv[++i], &end, 10);
-            if (*end || v < 1 || v > BENCH_MAX_REPS) {
-                fprintf(stderr, "ergo bench: --reps must be 1..%d\n", BENCH_MAX_REPS);
-                return 2;
-            }
-            reps = (int)v;
-        } else {
-            fprintf(stderr, "ergo bench: unknown option %s\n", a);
-            return 2;
-        }
+    long long n_reps = reps;
+    const cli_opt opts[] = {
+        {"model", 'm', CLI_STR, &model, NULL, 0, 0, 0, 0, NULL},
+        {"text", 0, CLI_STR, &text, NULL, 0, 0, 0, 0, NULL},
+        {"image", 'i', CLI_STR, &image_path, NULL, 0, 0, 0, 0, NULL},
+        {"reps", 'r', CLI_INT, &n_reps, NULL, 1, BENCH_MAX_REPS, 0, 0, NULL},
+    };
+    int rc = cli_parse("bench inputs", opts, 4, argc - 1, argv + 1);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        return 0;
     }
+    if (rc) return rc;
+    reps = (int)n_reps;
     if (!model) {
         fprintf(stderr, "ergo bench: --model DIR is required\n");
         return 2;

@@ -23,6 +23,7 @@
 
 #include "base/clock.h"
 #include "base/rng.h"
+#include "cli.h"
 #include "io/random_checkpoint.h"
 #include "kernels/kernels.h"
 #include "kernels/probe.h"
@@ -90,10 +91,11 @@ static int list_max(const int *v, int n) {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ergo bench model (--model DIR | --random 7b|3b) [options]\n"
-            "  --text-layers N --vision-layers M   depths of --random (default 2 and 2)\n"
+            "  --text-layers N --vision-layers M   depths of --random (default 2 and 2;\n"
+            "                         --vision-depth is an alias)\n"
             "  --weights F            bf16 (as stored, default), q8 or q4 (quantised at load)\n"
             "  --weights-cache C      auto (beside --model, default), off, or a file path\n"
-            "  --threads N            OpenMP threads (default: all)\n"
+            "  -t, --threads N        OpenMP threads (default: all)\n"
             "  --reps N               repetitions per figure (default 3)\n"
             "  --vision-tokens LIST   merged vision tokens, e.g. 640,1280,4471 (0 = none)\n"
             "  --prefill LIST         prompt lengths, e.g. 512,2048\n"
@@ -422,46 +424,47 @@ int bench_model_main(int argc, char **argv) {
     o.n_dc = 2, o.dc[0] = 1024, o.dc[1] = 4096;
     o.n_batch = 1, o.batch[0] = 1;
     ergo_error err0 = {0};
-    for (int i = 0; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--json")) {
-            o.json = 1;
-            continue;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "ergo bench: %s needs a value\n", a);
-            return 2;
-        }
-        const char *v = argv[++i];
-        char *end = NULL;
-        long n = strtol(v, &end, 10);
-        int is_int = end && !*end;
-        if (!strcmp(a, "--model")) o.model_dir = v;
-        else if (!strcmp(a, "--random")) o.random = v;
-        else if (!strcmp(a, "--weights") && quant_format_parse(v) >= 0) o.weights = v;
-        else if (!strcmp(a, "--weights-cache")) o.weights_cache = v;
-        else if (!strcmp(a, "--text-layers") && is_int && n >= 1 && n <= 64) o.text_layers = (int)n;
-        else if (!strcmp(a, "--vision-layers") && is_int && n >= 1 && n <= 64) o.vision_layers = (int)n;
-        else if (!strcmp(a, "--threads") && is_int && n >= 1 && n <= 1024) o.threads = (int)n;
-        else if (!strcmp(a, "--reps") && is_int && n >= 1 && n <= MAX_REPS) o.reps = (int)n;
-        else if (!strcmp(a, "--chunk") && is_int && n >= 1 && n <= 8192) o.chunk = (int)n;
-        else if (!strcmp(a, "--decode-steps") && is_int && n >= 1 && n <= 64) o.decode_steps = (int)n;
-        else if (!strcmp(a, "--probe-seconds")) o.probe_seconds = atof(v);
-        else if (!strcmp(a, "--vision-tokens") && !parse_list(v, o.vt, &o.n_vt)) {
-        } else if (!strcmp(a, "--prefill") && !parse_list(v, o.pf, &o.n_pf)) {
-        } else if (!strcmp(a, "--decode") && !parse_list(v, o.dc, &o.n_dc)) {
-        } else if (!strcmp(a, "--batch") && !parse_list(v, o.batch, &o.n_batch) && o.n_batch > 0 &&
-                   list_max(o.batch, o.n_batch) <= MAX_BATCH) {
-        } else if (!strcmp(a, "--kv-dtype") && !kv_dtype_parse(v, &o.kv_dtype, &err0)) {
-        } else {
-            fprintf(stderr, "ergo bench: bad option or value: %s %s\n", a, v);
-            return 2;
-        }
+    long long text_layers = o.text_layers, vision_layers = o.vision_layers, n_threads = 0;
+    long long reps = o.reps, chunk = o.chunk, decode_steps = o.decode_steps;
+    const char *vt = NULL, *pf = NULL, *dc = NULL, *batch = NULL, *kv = NULL;
+    const cli_opt table[] = {
+        {"model", 'm', CLI_STR, &o.model_dir, NULL, 0, 0, 0, 0, NULL},
+        {"random", 0, CLI_STR, &o.random, NULL, 0, 0, 0, 0, NULL},
+        {"weights", 0, CLI_STR, &o.weights, NULL, 0, 0, 0, 0, NULL},
+        {"weights-cache", 0, CLI_STR, &o.weights_cache, NULL, 0, 0, 0, 0, NULL},
+        {"text-layers", 0, CLI_INT, &text_layers, NULL, 1, 64, 0, 0, NULL},
+        {"vision-layers", 0, CLI_INT, &vision_layers, "vision-depth", 1, 64, 0, 0, NULL},
+        {"threads", 't', CLI_INT, &n_threads, NULL, 1, 1024, 0, 0, NULL},
+        {"reps", 'r', CLI_INT, &reps, NULL, 1, MAX_REPS, 0, 0, NULL},
+        {"chunk", 0, CLI_INT, &chunk, NULL, 1, 8192, 0, 0, NULL},
+        {"decode-steps", 0, CLI_INT, &decode_steps, NULL, 1, 64, 0, 0, NULL},
+        {"probe-seconds", 0, CLI_FLOAT, &o.probe_seconds, NULL, 0, 0, 0, 600, NULL},
+        {"vision-tokens", 0, CLI_STR, &vt, NULL, 0, 0, 0, 0, NULL},
+        {"prefill", 0, CLI_STR, &pf, NULL, 0, 0, 0, 0, NULL},
+        {"decode", 0, CLI_STR, &dc, NULL, 0, 0, 0, 0, NULL},
+        {"batch", 0, CLI_STR, &batch, NULL, 0, 0, 0, 0, NULL},
+        {"kv-dtype", 0, CLI_STR, &kv, NULL, 0, 0, 0, 0, NULL},
+        {"json", 0, CLI_FLAG, &o.json, NULL, 0, 0, 0, 0, NULL},
+    };
+    /* argv[0] is the first option here (bench_model_main gets argv past "model") */
+    int rc = cli_parse("bench model", table, (int)(sizeof table / sizeof table[0]), argc + 1, argv - 1);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        return 0;
     }
+    if (rc) return rc;
+    o.text_layers = (int)text_layers, o.vision_layers = (int)vision_layers, o.threads = (int)n_threads;
+    o.reps = (int)reps, o.chunk = (int)chunk, o.decode_steps = (int)decode_steps;
+    const char *bad = NULL;
+    if (o.weights && quant_format_parse(o.weights) < 0) bad = "--weights: use bf16, q8 or q4";
+    else if (vt && parse_list(vt, o.vt, &o.n_vt)) bad = "--vision-tokens: a list such as 640,1280";
+    else if (pf && parse_list(pf, o.pf, &o.n_pf)) bad = "--prefill: a list such as 512,2048";
+    else if (dc && parse_list(dc, o.dc, &o.n_dc)) bad = "--decode: a list such as 1024,4096";
+    else if (batch && (parse_list(batch, o.batch, &o.n_batch) || !o.n_batch ||
+                       list_max(o.batch, o.n_batch) > MAX_BATCH))
+        bad = "--batch: a list of 1..64 such as 1,2,4";
+    else if (kv && kv_dtype_parse(kv, &o.kv_dtype, &err0)) bad = "--kv-dtype: use f32 or bf16";
+    if (bad) return cli_usage_error("bench model", "%s", bad);
     if (!o.model_dir == !o.random) {
         fprintf(stderr, "ergo bench: give exactly one of --model DIR and --random 7b|3b\n");
         return 2;

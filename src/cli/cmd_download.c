@@ -8,12 +8,14 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cli.h"
 #include "commands.h"
+#include "progress.h"
 #include "io/hub.h"
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: ergo download --model OWNER/NAME[@REVISION] [--revision R]\n"
+            "usage: ergo download -m|--model OWNER/NAME[@REVISION] [-r|--revision R] [-q|--quiet]\n"
             "\n"
             "Downloads the files ergo needs (config, generation config, tokenizer, processor\n"
             "config, chat template, safetensors weights and their index) from the Hugging Face\n"
@@ -31,25 +33,20 @@ static void usage(FILE *out) {
 
 int cmd_download(int argc, char **argv) {
     const char *model = NULL, *revision = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--model") && i + 1 < argc) {
-            model = argv[++i];
-        } else if (!strcmp(argv[i], "--revision") && i + 1 < argc) {
-            revision = argv[++i];
-        } else {
-            fprintf(stderr, "ergo download: unknown or incomplete option `%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
+    int quiet = 0;
+    const cli_opt opts[] = {
+        {"model", 'm', CLI_STR, &model, NULL, 0, 0, 0, 0, NULL},
+        {"revision", 'r', CLI_STR, &revision, NULL, 0, 0, 0, 0, NULL},
+        {"quiet", 'q', CLI_FLAG, &quiet, NULL, 0, 0, 0, 0, NULL},
+    };
+    int rc = cli_parse("download", opts, 3, argc, argv);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        return 0;
     }
-    if (!model) {
-        fprintf(stderr, "ergo download: --model OWNER/NAME is required\n");
-        usage(stderr);
-        return 2;
-    }
+    if (rc) return rc;
+    if (quiet) progress_set_quiet(1);
+    if (!model) return cli_usage_error("download", "%s", "--model OWNER/NAME is required");
     char arg[1024];
     if (revision) {
         if (strchr(model, '@')) {
@@ -66,10 +63,15 @@ int cmd_download(int argc, char **argv) {
     }
     char dir[4096];
     ergo_error err = {0};
+    /* hub.c reports no byte counts yet: one line for the whole download */
+    progress p;
+    progress_begin(&p, "download %s", arg);
     if (hub_download(arg, dir, sizeof dir, &err) != ERGO_OK) {
+        progress_abort(&p);
         fprintf(stderr, "ergo download: %s\n", err.msg);
         return 1;
     }
+    progress_end(&p, "%s", dir);
     printf("%s\n", dir);
     return 0;
 }

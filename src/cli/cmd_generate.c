@@ -13,6 +13,7 @@
 
 #include "base/file.h"
 #include "cli.h"
+#include "progress.h"
 #include "commands.h"
 #include "image/image.h"
 #include "model/generate.h"
@@ -26,12 +27,18 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: ergo generate --model DIR [--image FILE]... --prompt TEXT [--system TEXT]\n"
-            "                     [--max-new-tokens N] [--greedy | --temperature T --top-p P\n"
+            "usage: ergo generate -m|--model DIR [-i|--image FILE]... -p|--prompt TEXT\n"
+            "                     [-f|--prompt-file FILE|-] [--system TEXT] [-t|--threads N]\n"
+            "                     [-q|--quiet] [-n|--max-new-tokens N (1..1048576)]\n"
+            "                     [--greedy | --temperature T (0..100] --top-p P (0..1]\n"
             "                     --top-k K --min-p P --seed S] [--repetition-penalty R]\n"
             "                     [--stop TEXT]... [--min-pixels N --max-pixels N] [--json]\n"
             "                     [--dump-logits FILE] [--weights bf16|q8|q4]\n"
             "                     [--weights-cache auto|off|FILE] [--kv-dtype f32|bf16]\n"
+            "\n"
+            "--question/--question-file are aliases of --prompt/--prompt-file (- reads stdin).\n"
+            "Options and images are checked before the model is loaded (usage errors exit 2,\n"
+            "bad inputs 1); progress goes to stderr (--quiet or ERGO_PROGRESS=0: none).\n"
             "\n"
             "Answers one user turn: the images (in order) then TEXT, after an optional system\n"
             "message (the chat template's default one otherwise), rendered with DIR's chat\n"
@@ -65,96 +72,115 @@ static int usage_error(const char *fmt, const char *arg) {
     return cli_usage_error("generate", fmt, arg);
 }
 
-static int parse_float(const char *s, float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (!*s || *end || errno) return 0;
-    *out = (float)v;
-    return 1;
-}
-
-static int print_piece(void *ctx, const char *text, size_t len) {
-    (void)ctx;
-    fwrite(text, 1, len, stdout);
-    fflush(stdout);
-    return 0;
-}
-
 typedef struct options {
-    const char *model, *prompt, *system, *dump_logits, *weights, *weights_cache, *kv_dtype;
+    const char *model, *prompt, *prompt_file, *system, *dump_logits, *weights, *weights_cache;
+    const char *kv_dtype;
+    char *prompt_buf;       /* --prompt-file's text (owned) */
     const char *images[MAX_IMAGES];
-    int n_images;
+    cli_multi image_list;
     const char *stops[MAX_STOPS];
-    int n_stops;
-    long long max_new, min_px, max_px, top_k, seed;
-    float temperature, top_p, min_p, penalty;
-    int greedy, json, has_temp, has_top_p, has_top_k, has_min_p, has_seed, has_penalty;
+    cli_multi stop_list;
+    int n_images, n_stops;
+    long long max_new, min_px, max_px, top_k, seed, threads;
+    double temperature, top_p, min_p, penalty;
+    int greedy, json, quiet, has_temp, has_top_p, has_top_k, has_min_p, has_seed, has_penalty;
+    int has_max_new;
+    image decoded[MAX_IMAGES]; /* the images, decoded and checked before the load */
 } options;
 
-/* Returns 0 when parsed, else the exit status (0 for --help). */
+/* Returns 0 when parsed and checked, else the exit status (0 for --help). Every
+ * option and input file is checked here, before the model is loaded. */
 static int parse(options *o, int argc, char **argv, int *exit_code) {
     memset(o, 0, sizeof *o);
-    o->max_new = -1;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            *exit_code = 0;
-            return 1;
-        }
-        if (!strcmp(a, "--greedy")) { o->greedy = 1; continue; }
-        if (!strcmp(a, "--json")) { o->json = 1; continue; }
-        if (i + 1 >= argc) {
-            *exit_code = usage_error("%s needs a value or is unknown", a);
-            return 1;
-        }
-        const char *v = argv[++i];
-        int ok = 1;
-        if (!strcmp(a, "--model")) o->model = v;
-        else if (!strcmp(a, "--prompt")) o->prompt = v;
-        else if (!strcmp(a, "--system")) o->system = v;
-        else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
-        else if (!strcmp(a, "--weights")) o->weights = v;
-        else if (!strcmp(a, "--weights-cache")) o->weights_cache = v;
-        else if (!strcmp(a, "--kv-dtype")) o->kv_dtype = v;
-        else if (!strcmp(a, "--image")) {
-            if (o->n_images == MAX_IMAGES) {
-                *exit_code = usage_error("more than %s images", "64");
-                return 1;
-            }
-            o->images[o->n_images++] = v;
-        } else if (!strcmp(a, "--stop")) {
-            ok = o->n_stops < MAX_STOPS && *v;
-            if (ok) o->stops[o->n_stops++] = v;
-        } else if (!strcmp(a, "--max-new-tokens")) ok = cli_parse_long(v, 0, 1 << 30, &o->max_new);
-        else if (!strcmp(a, "--min-pixels")) ok = cli_parse_long(v, 1, (long long)1 << 40, &o->min_px);
-        else if (!strcmp(a, "--max-pixels")) ok = cli_parse_long(v, 1, (long long)1 << 40, &o->max_px);
-        else if (!strcmp(a, "--top-k")) ok = o->has_top_k = cli_parse_long(v, 0, 1 << 30, &o->top_k);
-        else if (!strcmp(a, "--seed")) ok = o->has_seed = cli_parse_long(v, 0, INT64_MAX, &o->seed);
-        else if (!strcmp(a, "--temperature")) ok = o->has_temp = parse_float(v, &o->temperature);
-        else if (!strcmp(a, "--top-p")) ok = o->has_top_p = parse_float(v, &o->top_p);
-        else if (!strcmp(a, "--min-p")) ok = o->has_min_p = parse_float(v, &o->min_p);
-        else if (!strcmp(a, "--repetition-penalty"))
-            ok = o->has_penalty = parse_float(v, &o->penalty);
-        else {
-            *exit_code = usage_error("unknown option `%s'", a);
-            return 1;
-        }
-        if (!ok) {
-            *exit_code = usage_error("bad value for %s", a);
-            return 1;
-        }
+    o->image_list = (cli_multi){o->images, 0, MAX_IMAGES};
+    o->stop_list = (cli_multi){o->stops, 0, MAX_STOPS};
+    const cli_opt opts[] = {
+        {"model", 'm', CLI_STR, &o->model, NULL, 0, 0, 0, 0, NULL},
+        {"prompt", 'p', CLI_STR, &o->prompt, "question", 0, 0, 0, 0, NULL},
+        {"prompt-file", 'f', CLI_STR, &o->prompt_file, "question-file", 0, 0, 0, 0, NULL},
+        {"system", 0, CLI_STR, &o->system, NULL, 0, 0, 0, 0, NULL},
+        {"image", 'i', CLI_MULTI, &o->image_list, NULL, 0, 0, 0, 0, NULL},
+        {"stop", 0, CLI_MULTI, &o->stop_list, NULL, 0, 0, 0, 0, NULL},
+        {"dump-logits", 0, CLI_STR, &o->dump_logits, NULL, 0, 0, 0, 0, NULL},
+        {"weights", 0, CLI_STR, &o->weights, NULL, 0, 0, 0, 0, NULL},
+        {"weights-cache", 0, CLI_STR, &o->weights_cache, NULL, 0, 0, 0, 0, NULL},
+        {"kv-dtype", 0, CLI_STR, &o->kv_dtype, NULL, 0, 0, 0, 0, NULL},
+        {"max-new-tokens", 'n', CLI_INT, &o->max_new, NULL, 1, 1 << 20, 0, 0, &o->has_max_new},
+        {"min-pixels", 0, CLI_INT, &o->min_px, NULL, 1, (long long)1 << 40, 0, 0, NULL},
+        {"max-pixels", 0, CLI_INT, &o->max_px, NULL, 1, (long long)1 << 40, 0, 0, NULL},
+        {"threads", 't', CLI_INT, &o->threads, NULL, 1, 1024, 0, 0, NULL},
+        {"top-k", 0, CLI_INT, &o->top_k, NULL, 0, 1 << 30, 0, 0, &o->has_top_k},
+        {"seed", 's', CLI_INT, &o->seed, NULL, 0, INT64_MAX, 0, 0, &o->has_seed},
+        {"temperature", 0, CLI_FLOAT, &o->temperature, "temp", 0, 0, 1e-6, 100, &o->has_temp},
+        {"top-p", 0, CLI_FLOAT, &o->top_p, NULL, 0, 0, 1e-6, 1, &o->has_top_p},
+        {"min-p", 0, CLI_FLOAT, &o->min_p, NULL, 0, 0, 0, 1, &o->has_min_p},
+        {"repetition-penalty", 0, CLI_FLOAT, &o->penalty, "repeat-penalty", 0, 0, 1e-6, 100,
+         &o->has_penalty},
+        {"greedy", 0, CLI_FLAG, &o->greedy, NULL, 0, 0, 0, 0, NULL},
+        {"json", 0, CLI_FLAG, &o->json, NULL, 0, 0, 0, 0, NULL},
+        {"quiet", 'q', CLI_FLAG, &o->quiet, NULL, 0, 0, 0, 0, NULL},
+    };
+    int rc = cli_parse("generate", opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        *exit_code = 0;
+        return 1;
     }
-    if (!o->model || !o->prompt) {
-        *exit_code = usage_error("%s", "--model DIR and --prompt TEXT are required");
+    if (rc) {
+        *exit_code = rc;
+        return 1;
+    }
+    o->n_images = o->image_list.n;
+    o->n_stops = o->stop_list.n;
+    if (o->quiet) progress_set_quiet(1);
+    for (int i = 0; i < o->n_stops; i++)
+        if (!*o->stops[i]) {
+            *exit_code = usage_error("%s", "--stop: an empty stop string");
+            return 1;
+        }
+    if (!o->model || (!o->prompt == !o->prompt_file)) {
+        *exit_code = usage_error("%s", "--model DIR and one of --prompt TEXT or --prompt-file "
+                                       "FILE (- for stdin) are required");
         return 1;
     }
     if (o->greedy && (o->has_temp || o->has_top_p || o->has_top_k || o->has_min_p || o->has_seed)) {
         *exit_code = usage_error("%s", "--greedy excludes the sampling options");
         return 1;
     }
+    ergo_error err = {0};
+    engine_options eo;
+    engine_options_default(&eo);
+    if (cli_engine_options(&eo, o->threads, o->weights, o->weights_cache, o->kv_dtype, &err)) {
+        *exit_code = cli_usage_error("generate", "%s", err.msg);
+        return 1;
+    }
+    /* inputs: the prompt, then every image (exists, decodes, fits the processor) */
+    if (o->prompt_file && !(o->prompt = o->prompt_buf = cli_read_text(o->prompt_file, &err))) {
+        *exit_code = fail(err.msg);
+        return 1;
+    }
+    if (cli_check_utf8(o->prompt_file ? o->prompt_file : "--prompt", o->prompt, &err) ||
+        (o->system && cli_check_utf8("--system", o->system, &err))) {
+        *exit_code = fail(err.msg);
+        return 1;
+    }
+    preprocess_config pc;
+    if (o->n_images && cli_processor_config(&pc, o->model, o->min_px, o->max_px, &err)) {
+        *exit_code = err.code == ERGO_E_ARG ? cli_usage_error("generate", "%s", err.msg)
+                                            : fail(err.msg);
+        return 1;
+    }
+    for (int i = 0; i < o->n_images; i++)
+        if (cli_check_image(o->images[i], &pc, 0, &o->decoded[i], &err)) {
+            *exit_code = fail(err.msg);
+            return 1;
+        }
     return 0;
+}
+
+static void options_free(options *o) {
+    for (int i = 0; i < o->n_images; i++) image_free(&o->decoded[i]);
+    free(o->prompt_buf);
 }
 
 /* Everything a run owns, freed in one place. */
@@ -190,12 +216,13 @@ static ergo_status encode_images(run *r, const options *o, chat_part *parts, erg
     const model_config *cfg = &r->e.m.config;
     const size_t D = (size_t)cfg->text.hidden;
     for (int i = 0; i < o->n_images; i++) {
-        image img = {0};
-        ergo_status s = image_decode_file(&img, o->images[i], NULL, err);
-        if (s) return s;
         context_image im;
-        s = context_encode_image(&r->c, &img, NULL, &im, err);
-        image_free(&img);
+        progress p;
+        progress_begin(&p, "encode image %d/%d (%s, %dx%d)", i + 1, o->n_images, o->images[i],
+                       o->decoded[i].width, o->decoded[i].height);
+        ergo_status s = context_encode_image(&r->c, &o->decoded[i], NULL, &im, err);
+        if (s) progress_abort(&p);
+        else progress_end(&p, "%lld vision tokens (%dx%d)", (long long)im.tokens, im.width, im.height);
         const size_t rows = (size_t)(r->vision_tokens + im.tokens);
         float *grown = s ? NULL : realloc(r->vision, sizeof *grown * rows * D);
         if (!s && !grown) s = ergo_fail(err, ERGO_E_NOMEM, "out of memory for the vision rows");
@@ -226,9 +253,9 @@ static ergo_status run_generate(run *r, const options *o, ergo_error *err) {
     engine_options_default(&eo);
     eo.min_pixels = o->min_px;
     eo.max_pixels = o->max_px;
-    ergo_status s = cli_weights_options(&eo, o->weights, o->weights_cache, err);
-    if (!s) s = cli_kv_options(&eo, o->kv_dtype, err);
-    if (!s) s = engine_load(&r->e, o->model, &eo, err);
+    ergo_status s = cli_engine_options(&eo, o->threads, o->weights, o->weights_cache,
+                                       o->kv_dtype, err);
+    if (!s) s = cli_load_engine("generate", &r->e, o->model, &eo, err);
     if (s) return s;
     cli_engine_warning("generate", &r->e);
     const model_config *cfg = &r->e.m.config;
@@ -254,7 +281,13 @@ static ergo_status run_generate(run *r, const options *o, ergo_error *err) {
     r->s_ready = 1;
     context_piece piece = {r->ids.v, (int)r->ids.n, r->grids, o->n_images, r->vision};
     context_prefill_out pf;
-    if ((s = context_prefill(&r->c, &r->s, &piece, &pf, err))) return s;
+    progress pp;
+    progress_begin(&pp, "prefill %zu tokens", r->ids.n);
+    if ((s = context_prefill(&r->c, &r->s, &piece, &pf, err))) {
+        progress_abort(&pp);
+        return s;
+    }
+    progress_end(&pp, "%.1f tokens/s", pf.ms > 0 ? pf.prompt_tokens / (pf.ms / 1e3) : 0.0);
     r->t_prefill = pf.ms;
     r->prefill_layers = r->c.st.ms_layers;
     r->prefill_head = r->c.st.ms_head;
@@ -276,23 +309,33 @@ static ergo_status run_generate(run *r, const options *o, ergo_error *err) {
     if (o->has_min_p) gp.sampling.min_p = o->min_p;
     if (o->has_seed) gp.sampling.seed = (uint64_t)o->seed;
     if (o->has_penalty) gp.sampling.repetition_penalty = o->penalty;
-    gp.max_new_tokens = o->max_new >= 0 ? (int)o->max_new
+    gp.max_new_tokens = o->has_max_new ? (int)o->max_new
                         : g->max_new_tokens >= 0 ? g->max_new_tokens : 1024;
     /* the checkpoint's eos ids only, as model.generate stops (not <|im_end|> unless listed) */
     gp.stop_ids = g->eos_token_ids;
     gp.n_stop_ids = g->n_eos;
-    return context_generate(&r->c, &r->s, pf.logits, &gp, o->json ? NULL : print_piece, NULL,
-                            &r->res, err);
+    cli_decode_progress dp;
+    cli_decode_progress_begin(&dp, o->json ? NULL : stdout, gp.max_new_tokens);
+    s = context_generate(&r->c, &r->s, pf.logits, &gp, cli_decode_progress_text, &dp, &r->res,
+                         err);
+    cli_decode_progress_end(&dp, s, r->res.tokens.n, r->res.decode_ms);
+    return s;
 }
 
 int cmd_generate(int argc, char **argv) {
     options o;
     int code = 0;
-    if (parse(&o, argc, argv, &code)) return code;
+    if (parse(&o, argc, argv, &code)) {
+        options_free(&o);
+        return code;
+    }
 
     ergo_error err = {0};
     run *r = calloc(1, sizeof *r);
-    if (!r) return fail("out of memory");
+    if (!r) {
+        options_free(&o);
+        return fail("out of memory");
+    }
     ergo_status s = run_generate(r, &o, &err);
     const model_config *cfg = &r->e.m.config;
     int rc = 0;
@@ -332,6 +375,7 @@ int cmd_generate(int argc, char **argv) {
     }
     run_free(r);
     free(r);
+    options_free(&o);
     if (fflush(stdout) != 0 && rc == 0) rc = fail("cannot write the output");
     return rc;
 }

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "model/weights.h"
 
@@ -38,25 +39,17 @@ static void print_list(const int *v, int n) {
 int cmd_inspect(int argc, char **argv) {
     const char *dir = NULL;
     int as_json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--json")) {
-            as_json = 1;
-        } else if (!strcmp(argv[i], "--model") && i + 1 < argc) {
-            dir = argv[++i];
-        } else {
-            fprintf(stderr, "ergo inspect: unknown or incomplete option `%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
+    const cli_opt opts[] = {
+        {"model", 'm', CLI_STR, &dir, NULL, 0, 0, 0, 0, NULL},
+        {"json", 0, CLI_FLAG, &as_json, NULL, 0, 0, 0, 0, NULL},
+    };
+    int rc = cli_parse("inspect", opts, 2, argc, argv);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        return 0;
     }
-    if (!dir) {
-        fprintf(stderr, "ergo inspect: --model DIR is required\n");
-        usage(stderr);
-        return 2;
-    }
+    if (rc) return rc;
+    if (!dir) return cli_usage_error("inspect", "%s", "--model DIR is required");
 
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);

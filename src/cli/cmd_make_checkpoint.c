@@ -9,61 +9,49 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "commands.h"
 #include "io/random_checkpoint.h"
 
 static void usage(FILE *out) {
     fprintf(out,
             "usage: ergo make-checkpoint --case CASE.json --out DIR [--tokenizer DIR]\n"
-            "       ergo make-checkpoint --preset 7b [--text-layers N] [--vision-depth N]\n"
+            "       ergo make-checkpoint --preset 7b [--text-layers N] [--vision-layers N]\n"
             "                            [--seed S] --out DIR [--tokenizer DIR]\n"
             "\n"
             "Writes config.json, generation_config.json and safetensors weights generated from\n"
             "the seed of a case description (tests/fixtures/checkpoints/cases/*.json), or for\n"
             "the real 7B widths with the given depths (default 28 text layers, 32 vision\n"
-            "blocks; BF16, flat config, legacy names). --tokenizer copies tokenizer files.\n");
-}
-
-static int parse_int(const char *s, long *out) {
-    char *end;
-    *out = strtol(s, &end, 10);
-    return *s && !*end;
+            "blocks; BF16, flat config, legacy names). --tokenizer copies tokenizer files.\n"
+            "--vision-depth is an alias of --vision-layers (as `ergo bench model` names it).\n");
 }
 
 int cmd_make_checkpoint(int argc, char **argv) {
     const char *case_path = NULL, *preset = NULL, *out = NULL, *tok = NULL;
-    long text_layers = 28, vision_depth = 32, seed = 7;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int has = i + 1 < argc;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--case") && has) case_path = argv[++i];
-        else if (!strcmp(a, "--preset") && has) preset = argv[++i];
-        else if (!strcmp(a, "--out") && has) out = argv[++i];
-        else if (!strcmp(a, "--tokenizer") && has) tok = argv[++i];
-        else if (!strcmp(a, "--text-layers") && has && parse_int(argv[i + 1], &text_layers)) i++;
-        else if (!strcmp(a, "--vision-depth") && has && parse_int(argv[i + 1], &vision_depth)) i++;
-        else if (!strcmp(a, "--seed") && has && parse_int(argv[i + 1], &seed)) i++;
-        else {
-            fprintf(stderr, "ergo make-checkpoint: unknown or incomplete option `%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
+    long long text_layers = 28, vision_layers = 32, seed = 7;
+    const cli_opt opts[] = {
+        {"case", 0, CLI_STR, &case_path, NULL, 0, 0, 0, 0, NULL},
+        {"preset", 0, CLI_STR, &preset, NULL, 0, 0, 0, 0, NULL},
+        {"out", 'o', CLI_STR, &out, NULL, 0, 0, 0, 0, NULL},
+        {"tokenizer", 0, CLI_STR, &tok, NULL, 0, 0, 0, 0, NULL},
+        {"text-layers", 0, CLI_INT, &text_layers, NULL, 1, 1000, 0, 0, NULL},
+        {"vision-layers", 0, CLI_INT, &vision_layers, "vision-depth", 1, 1000, 0, 0, NULL},
+        {"seed", 's', CLI_INT, &seed, NULL, 0, INT64_MAX, 0, 0, NULL},
+    };
+    int rc = cli_parse("make-checkpoint", opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        return 0;
     }
-    if (!out || (!case_path == !preset) || (preset && strcmp(preset, "7b") != 0) ||
-        text_layers < 1 || vision_depth < 1 || text_layers > 1000 || vision_depth > 1000 ||
-        seed < 0) {
-        fprintf(stderr, "ergo make-checkpoint: give --out and either --case or --preset 7b "
-                        "(with positive depths)\n");
-        usage(stderr);
-        return 2;
-    }
+    if (rc) return rc;
+    if (!out || (!case_path == !preset))
+        return cli_usage_error("make-checkpoint", "%s", "give --out DIR and either --case FILE or --preset 7b");
+    if (preset && strcmp(preset, "7b") != 0)
+        return cli_usage_error("make-checkpoint", "--preset %.40s: only 7b is known", preset);
     ergo_error err = {0};
     ckpt_case c;
     ergo_status s = case_path ? ckpt_case_load(&c, case_path, &err)
-                              : ckpt_case_7b(&c, (int)text_layers, (int)vision_depth,
+                              : ckpt_case_7b(&c, (int)text_layers, (int)vision_layers,
                                              (uint64_t)seed, &err);
     if (s) {
         fprintf(stderr, "ergo make-checkpoint: %s\n", err.msg);

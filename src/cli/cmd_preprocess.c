@@ -47,18 +47,6 @@ static void usage(FILE *out) {
 
 static int fail(const char *msg) { return cli_fail("preprocess", msg); }
 
-static int parse_count(const char *flag, const char *s, long long *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (!*s || *end || errno || v <= 0) {
-        fprintf(stderr, "ergo preprocess: %s needs a positive integer, got \"%s\"\n", flag, s);
-        return 0;
-    }
-    *out = v;
-    return 1;
-}
-
 /* pixel_values as float32 little-endian, whatever the host's byte order. */
 static ergo_status write_f32_le(const char *path, const float *v, size_t n, ergo_error *err) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -86,39 +74,24 @@ int cmd_preprocess(int argc, char **argv) {
     const char *model = NULL, *path = NULL, *out_path = NULL;
     long long min_px = 0, max_px = 0, max_image_px = 0;
     int ergo_stage1 = 0, want_sha = 0, want_times = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--ergo-stage1") || !strcmp(a, "--sha256") || !strcmp(a, "--timings")) {
-            *(a[2] == 'e' ? &ergo_stage1 : a[2] == 's' ? &want_sha : &want_times) = 1;
-            continue;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "ergo preprocess: %s needs a value (or is unknown)\n", a);
-            usage(stderr);
-            return 2;
-        }
-        const char *v = argv[++i];
-        if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--image")) path = v;
-        else if (!strcmp(a, "--out")) out_path = v;
-        else if (!strcmp(a, "--min-pixels")) { if (!parse_count(a, v, &min_px)) return 2; }
-        else if (!strcmp(a, "--max-pixels")) { if (!parse_count(a, v, &max_px)) return 2; }
-        else if (!strcmp(a, "--max-image-pixels")) { if (!parse_count(a, v, &max_image_px)) return 2; }
-        else {
-            fprintf(stderr, "ergo preprocess: unknown option `%s'\n", a);
-            usage(stderr);
-            return 2;
-        }
+    const cli_opt opts[] = {
+        {"model", 'm', CLI_STR, &model, NULL, 0, 0, 0, 0, NULL},
+        {"image", 'i', CLI_STR, &path, NULL, 0, 0, 0, 0, NULL},
+        {"out", 'o', CLI_STR, &out_path, NULL, 0, 0, 0, 0, NULL},
+        {"min-pixels", 0, CLI_INT, &min_px, NULL, 1, (long long)1 << 40, 0, 0, NULL},
+        {"max-pixels", 0, CLI_INT, &max_px, NULL, 1, (long long)1 << 40, 0, 0, NULL},
+        {"max-image-pixels", 0, CLI_INT, &max_image_px, NULL, 1, (long long)1 << 40, 0, 0, NULL},
+        {"ergo-stage1", 0, CLI_FLAG, &ergo_stage1, NULL, 0, 0, 0, 0, NULL},
+        {"sha256", 0, CLI_FLAG, &want_sha, NULL, 0, 0, 0, 0, NULL},
+        {"timings", 0, CLI_FLAG, &want_times, NULL, 0, 0, 0, 0, NULL},
+    };
+    int rc = cli_parse("preprocess", opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        return 0;
     }
-    if (!model || !path) {
-        fprintf(stderr, "ergo preprocess: --model and --image are required\n");
-        usage(stderr);
-        return 2;
-    }
+    if (rc) return rc;
+    if (!model || !path) return cli_usage_error("preprocess", "%s", "--model and --image are required");
 
     ergo_error err = {0};
     char cfg_path[4096];
@@ -144,6 +117,8 @@ int cmd_preprocess(int argc, char **argv) {
     double t0 = now_ms();
     if (image_decode_file(&img, path, &lim, &err) != ERGO_OK) return fail(err.msg);
     double t1 = now_ms();
+    char named[4200]; /* "FILE (WxH image): " for the errors below */
+    snprintf(named, sizeof named, "%s (%dx%d image): ", path, img.width, img.height);
     int src_w = img.width, src_h = img.height;
     if (ergo_stage1) { /* ERGO: smart_resize(H, W, 28, MIN, MAX) then Pillow BICUBIC */
         image small = {0};
@@ -152,7 +127,7 @@ int cmd_preprocess(int argc, char **argv) {
                               &err) != ERGO_OK ||
             image_resize(&small, &img, w1, h1, IMAGE_FILTER_BICUBIC, &err) != ERGO_OK) {
             image_free(&img);
-            ergo_error_prefix(&err, "%s: ", path);
+            ergo_error_prefix(&err, "%s", named);
             return fail(err.msg);
         }
         image_free(&img);
@@ -161,7 +136,7 @@ int cmd_preprocess(int argc, char **argv) {
     double t2 = now_ms();
     if (preprocess_image(&cfg, &img, &po, &err) != ERGO_OK) {
         image_free(&img);
-        ergo_error_prefix(&err, "%s: ", path);
+        ergo_error_prefix(&err, "%s", named);
         return fail(err.msg);
     }
     double t3 = now_ms();

@@ -14,8 +14,10 @@
 #include "base/clock.h"
 #include "base/file.h"
 #include "cli.h"
+#include "progress.h"
 #include "commands.h"
 #include "image/image.h"
+#include "image/preprocess.h"
 #include "io/hub.h"
 #include "pipeline/ergo.h"
 #include "pipeline/viz.h"
@@ -26,9 +28,10 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: ergo run --model DIR|OWNER/NAME --image FILE --question TEXT [--option TEXT]...\n"
-            "                [--postfix TEXT] [--mode ergo|baseline|both] [--max-vision-tokens N]\n"
-            "                [--max-new-tokens N] [--fallback full|downsampled] [--json]\n"
+            "usage: ergo run -m|--model DIR|OWNER/NAME -i|--image FILE -p|--question TEXT\n"
+            "                [--option TEXT]... [--postfix TEXT] [--mode ergo|baseline|both]\n"
+            "                [--max-vision-tokens N] [-n|--max-new-tokens N (1..1048576)]\n"
+            "                [--fallback full|downsampled] [--json] [-t|--threads N] [-q|--quiet]\n"
             "                [--save-crop FILE.png] [--save-viz FILE.png] [--stage1-text TEXT]\n"
             "                [--weights bf16|q8|q4] [--weights-cache auto|off|FILE] [--kv-dtype f32|bf16]\n"
             "                [--fixed-tokens S1,S2,BASELINE] [--box-text TEXT]\n"
@@ -78,6 +81,14 @@ static void usage(FILE *out) {
             "\"postfix\", \"id\"}; one JSON result per line on stdout as each item finishes (an\n"
             "error object for a bad line), the model loaded once, progress on a terminal.\n"
             "\n"
+            "--question-file FILE (-f) reads the question from FILE (- for stdin; one trailing\n"
+            "newline dropped); --prompt and --prompt-file are aliases. Every option and the image\n"
+            "(exists, decodes, fits the processor after ERGO's resize) are checked before the\n"
+            "model is loaded: usage errors exit 2, bad inputs 1. Progress goes to stderr (a\n"
+            "redrawn line on a terminal, one line per phase otherwise; --quiet or\n"
+            "ERGO_PROGRESS=0 silences it); in plain mode both stages' text streams to stdout,\n"
+            "the box line between them. --threads N: OpenMP threads (default: all cores).\n"
+            "\n"
             "--model takes a local checkpoint directory or a hub id such as nota-ai/ERGO-7B\n"
             "(downloaded on first use into the Hugging Face cache; offline, pass a directory).\n");
     fputs(cli_kv_help, out);
@@ -92,11 +103,15 @@ static int usage_error(const char *fmt, const char *arg) {
 enum { MODE_ERGO = 1, MODE_BASELINE = 2, MODE_BOTH = 3 };
 
 typedef struct options {
-    const char *model, *image, *question, *postfix, *batch, *save_crop, *save_viz;
-    const char *weights, *weights_cache, *kv_dtype;
+    const char *model, *image, *question, *question_file, *postfix, *batch, *save_crop, *save_viz;
+    const char *weights, *weights_cache, *kv_dtype, *mode_name, *fallback_name, *fixed;
+    char *question_buf;       /* --question-file's text (owned) */
     const char *options[MAX_OPTIONS];
-    int n_options, mode, json;
+    cli_multi option_list;
+    int n_options, mode, json, quiet;
+    long long threads, max_vision_tokens, max_new_tokens;
     ergo_options run;
+    image decoded;            /* --image, decoded and checked before the load */
 } options;
 
 /* "S1,S2,B": three counts in [0, 1<<20]. */
@@ -113,72 +128,151 @@ static int parse_fixed(const char *v, int out[3]) {
     return tok == NULL;
 }
 
+static void options_free(options *o) {
+    image_free(&o->decoded);
+    free(o->question_buf);
+}
+
+/* Every option and input checked before the model is loaded: 0, or 1 with *code
+ * the exit status (0 for --help, 2 for a usage error, 1 for a bad input). */
 static int parse(options *o, int argc, char **argv, int *code) {
     memset(o, 0, sizeof *o);
     ergo_options_default(&o->run);
+    o->option_list = (cli_multi){o->options, 0, MAX_OPTIONS};
+    o->max_vision_tokens = o->run.max_vision_tokens;
+    o->max_new_tokens = o->run.max_new_tokens;
+    const cli_opt opts[] = {
+        {"model", 'm', CLI_STR, &o->model, NULL, 0, 0, 0, 0, NULL},
+        {"image", 'i', CLI_STR, &o->image, NULL, 0, 0, 0, 0, NULL},
+        {"question", 'p', CLI_STR, &o->question, "prompt", 0, 0, 0, 0, NULL},
+        {"question-file", 'f', CLI_STR, &o->question_file, "prompt-file", 0, 0, 0, 0, NULL},
+        {"option", 0, CLI_MULTI, &o->option_list, NULL, 0, 0, 0, 0, NULL},
+        {"postfix", 0, CLI_STR, &o->postfix, NULL, 0, 0, 0, 0, NULL},
+        {"batch", 0, CLI_STR, &o->batch, NULL, 0, 0, 0, 0, NULL},
+        {"save-crop", 0, CLI_STR, &o->save_crop, NULL, 0, 0, 0, 0, NULL},
+        {"save-viz", 0, CLI_STR, &o->save_viz, NULL, 0, 0, 0, 0, NULL},
+        {"stage1-text", 0, CLI_STR, &o->run.stage1_text, NULL, 0, 0, 0, 0, NULL},
+        {"box-text", 0, CLI_STR, &o->run.box_text, NULL, 0, 0, 0, 0, NULL},
+        {"weights", 0, CLI_STR, &o->weights, NULL, 0, 0, 0, 0, NULL},
+        {"weights-cache", 0, CLI_STR, &o->weights_cache, NULL, 0, 0, 0, 0, NULL},
+        {"kv-dtype", 0, CLI_STR, &o->kv_dtype, NULL, 0, 0, 0, 0, NULL},
+        {"fixed-tokens", 0, CLI_STR, &o->fixed, NULL, 0, 0, 0, 0, NULL},
+        {"mode", 0, CLI_STR, &o->mode_name, NULL, 0, 0, 0, 0, NULL},
+        {"fallback", 0, CLI_STR, &o->fallback_name, NULL, 0, 0, 0, 0, NULL},
+        {"max-vision-tokens", 0, CLI_INT, &o->max_vision_tokens, NULL, 4, 1 << 20, 0, 0, NULL},
+        {"max-new-tokens", 'n', CLI_INT, &o->max_new_tokens, NULL, 1, 1 << 20, 0, 0, NULL},
+        {"threads", 't', CLI_INT, &o->threads, NULL, 1, 1024, 0, 0, NULL},
+        {"json", 0, CLI_FLAG, &o->json, NULL, 0, 0, 0, 0, NULL},
+        {"quiet", 'q', CLI_FLAG, &o->quiet, NULL, 0, 0, 0, 0, NULL},
+    };
+    int rc = cli_parse("run", opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        *code = 0;
+        return 1;
+    }
+    if (rc) {
+        *code = rc;
+        return 1;
+    }
+    if (o->quiet) progress_set_quiet(1);
+    o->n_options = o->option_list.n;
+    o->run.max_vision_tokens = (int)o->max_vision_tokens;
+    o->run.max_new_tokens = (int)o->max_new_tokens;
     o->mode = MODE_ERGO;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            *code = 0;
+    if (o->mode_name) {
+        o->mode = !strcmp(o->mode_name, "ergo") ? MODE_ERGO
+                  : !strcmp(o->mode_name, "baseline") ? MODE_BASELINE
+                  : !strcmp(o->mode_name, "both") ? MODE_BOTH : 0;
+        if (!o->mode) {
+            *code = usage_error("--mode %.40s: use ergo, baseline or both", o->mode_name);
             return 1;
         }
-        if (!strcmp(a, "--json")) { o->json = 1; continue; }
-        if (i + 1 >= argc) {
-            *code = usage_error("%s needs a value or is unknown", a);
+    }
+    if (o->fallback_name) {
+        if (strcmp(o->fallback_name, "full") && strcmp(o->fallback_name, "downsampled")) {
+            *code = usage_error("--fallback %.40s: use full or downsampled", o->fallback_name);
             return 1;
         }
-        const char *v = argv[++i];
-        long long n = 0;
-        int ok = 1;
-        if (!strcmp(a, "--model")) o->model = v;
-        else if (!strcmp(a, "--image")) o->image = v;
-        else if (!strcmp(a, "--question")) o->question = v;
-        else if (!strcmp(a, "--postfix")) o->postfix = v;
-        else if (!strcmp(a, "--batch")) o->batch = v;
-        else if (!strcmp(a, "--save-crop")) o->save_crop = v;
-        else if (!strcmp(a, "--save-viz")) o->save_viz = v;
-        else if (!strcmp(a, "--stage1-text")) o->run.stage1_text = v;
-        else if (!strcmp(a, "--box-text")) o->run.box_text = v;
-        else if (!strcmp(a, "--weights")) o->weights = v;
-        else if (!strcmp(a, "--weights-cache")) o->weights_cache = v;
-        else if (!strcmp(a, "--kv-dtype")) o->kv_dtype = v;
-        else if (!strcmp(a, "--fixed-tokens")) ok = parse_fixed(v, o->run.fixed_tokens);
-        else if (!strcmp(a, "--option")) {
-            if ((ok = o->n_options < MAX_OPTIONS)) o->options[o->n_options++] = v;
-        } else if (!strcmp(a, "--max-vision-tokens")) {
-            if ((ok = cli_parse_long(v, 4, 1 << 20, &n))) o->run.max_vision_tokens = (int)n;
-        } else if (!strcmp(a, "--max-new-tokens")) {
-            if ((ok = cli_parse_long(v, 0, 1 << 30, &n))) o->run.max_new_tokens = (int)n;
-        } else if (!strcmp(a, "--mode")) {
-            o->mode = !strcmp(v, "ergo") ? MODE_ERGO : !strcmp(v, "baseline") ? MODE_BASELINE
-                      : !strcmp(v, "both") ? MODE_BOTH : 0;
-            ok = o->mode != 0;
-        } else if (!strcmp(a, "--fallback")) {
-            ok = !strcmp(v, "full") || !strcmp(v, "downsampled");
-            o->run.fallback = !strcmp(v, "full") ? ERGO_FALLBACK_FULL : ERGO_FALLBACK_DOWNSAMPLED;
-        } else {
-            *code = usage_error("unknown option `%s'", a);
-            return 1;
-        }
-        if (!ok) {
-            *code = usage_error("bad value for %s", a);
-            return 1;
-        }
+        o->run.fallback = !strcmp(o->fallback_name, "full") ? ERGO_FALLBACK_FULL
+                                                            : ERGO_FALLBACK_DOWNSAMPLED;
+    }
+    if (o->fixed && !parse_fixed(o->fixed, o->run.fixed_tokens)) {
+        *code = usage_error("--fixed-tokens %.40s: give S1,S2,BASELINE, each 0..1048576", o->fixed);
+        return 1;
     }
     if (!o->model) {
         *code = usage_error("%s", "--model is required");
         return 1;
     }
-    if (!o->batch && (!o->image || !o->question)) {
-        *code = usage_error("%s", "--image FILE and --question TEXT are required (or --batch)");
+    if (o->question && o->question_file) {
+        *code = usage_error("%s", "give --question TEXT or --question-file FILE, not both");
         return 1;
     }
-    if (o->batch && (o->image || o->question || o->n_options || o->postfix || o->save_crop ||
+    const int has_q = o->question || o->question_file;
+    if (!o->batch && (!o->image || !has_q)) {
+        *code = usage_error("%s", "--image FILE and --question TEXT (or --question-file FILE, - for "
+                                  "stdin) are required (or --batch)");
+        return 1;
+    }
+    if (o->batch && (o->image || has_q || o->n_options || o->postfix || o->save_crop ||
                      o->save_viz)) {
         *code = usage_error("%s", "--batch takes the images and questions from its file");
         return 1;
+    }
+    ergo_error err = {0};
+    engine_options eo;
+    engine_options_default(&eo);
+    if (cli_engine_options(&eo, o->threads, o->weights, o->weights_cache, o->kv_dtype, &err)) {
+        *code = usage_error("%s", err.msg);
+        return 1;
+    }
+    /* the inputs, before any loading or quantising */
+    if (o->batch) {
+        if (!file_exists(o->batch)) {
+            ergo_fail(&err, ERGO_E_IO, "%s: no such file (--batch)", o->batch);
+            *code = fail(err.msg);
+            return 1;
+        }
+        return 0;
+    }
+    if (o->question_file && !(o->question = o->question_buf = cli_read_text(o->question_file, &err))) {
+        *code = fail(err.msg);
+        return 1;
+    }
+    const char *qname = o->question_file ? o->question_file : "--question";
+    if (cli_check_utf8(qname, o->question, &err) ||
+        (o->postfix && cli_check_utf8("--postfix", o->postfix, &err))) {
+        *code = fail(err.msg);
+        return 1;
+    }
+    for (int i = 0; i < o->n_options; i++)
+        if (cli_check_utf8("--option", o->options[i], &err)) {
+            *code = fail(err.msg);
+            return 1;
+        }
+    /* a hub id is resolved (maybe downloaded) later; its processor config is there */
+    const int local = !hub_is_repo_id(o->model) || file_exists(o->model);
+    preprocess_config pc;
+    if (local) {
+        if (cli_processor_config(&pc, o->model, 0, 0, &err)) {
+            *code = fail(err.msg);
+            return 1;
+        }
+    } else {
+        preprocess_config_default(&pc);
+    }
+    if ((o->mode & MODE_ERGO) &&
+        cli_check_image(o->image, &pc, o->run.max_vision_tokens, &o->decoded, &err)) {
+        *code = fail(err.msg);
+        return 1;
+    }
+    if ((o->mode & MODE_BASELINE)) {
+        image_free(&o->decoded);
+        if (cli_check_image(o->image, &pc, 0, &o->decoded, &err)) {
+            *code = fail(err.msg);
+            return 1;
+        }
     }
     return 0;
 }
@@ -254,6 +348,27 @@ static int64_t vision_total(const ergo_result *r) {
     return r->s1.vision_tokens + r->s2.vision_tokens;
 }
 
+/* "[box ... ; " or "[no box ...; stage 2 saw ...; " (the line is closed by the caller). */
+static void print_box(const ergo_result *r) {
+    if (r->box_status == ZOOM_OK)
+        printf("[box [%lld, %lld, %lld, %lld] in the %dx%d stage-1 image = [%d, %d, %d, %d] in "
+               "the %dx%d original, crop resized to %dx%d",
+               (long long)r->box.i[0], (long long)r->box.i[1], (long long)r->box.i[2],
+               (long long)r->box.i[3], r->w1, r->h1, r->crop.x1, r->crop.y1, r->crop.x2,
+               r->crop.y2, r->width, r->height, r->crop.out_w, r->crop.out_h);
+    else
+        printf("[%s; stage 2 sees %s",
+               r->box_status == ZOOM_NONE ? "no box in the stage-1 answer" : r->crop.why,
+               r->view == ERGO_VIEW_FALLBACK_FULL ? "the whole original (fallback)"
+                                                  : "the stage-1 image again (fallback)");
+}
+
+static void print_tokens(const ergo_result *r) {
+    printf("vision tokens %lld + %lld = %lld%s; %.0f ms]\n", (long long)r->s1.vision_tokens,
+           (long long)r->s2.vision_tokens, (long long)vision_total(r),
+           r->s2.vision_reused ? " (stage 2's reused, not encoded again)" : "", total_ms(r));
+}
+
 static void print_plain(const ergo_result *r) {
     printf("%s\n", r->answer ? r->answer : "");
     if (r->baseline) {
@@ -263,20 +378,47 @@ static void print_plain(const ergo_result *r) {
                r->s1.ids.n, total_ms(r));
         return;
     }
-    if (r->box_status == ZOOM_OK)
-        printf("[box [%lld, %lld, %lld, %lld] in the %dx%d stage-1 image = [%d, %d, %d, %d] in "
-               "the %dx%d original, crop resized to %dx%d; ",
-               (long long)r->box.i[0], (long long)r->box.i[1], (long long)r->box.i[2],
-               (long long)r->box.i[3], r->w1, r->h1, r->crop.x1, r->crop.y1, r->crop.x2,
-               r->crop.y2, r->width, r->height, r->crop.out_w, r->crop.out_h);
-    else
-        printf("[%s; stage 2 saw %s; ",
-               r->box_status == ZOOM_NONE ? "no box in the stage-1 answer" : r->crop.why,
-               r->view == ERGO_VIEW_FALLBACK_FULL ? "the whole original (fallback)"
-                                                  : "the stage-1 image again (fallback)");
-    printf("vision tokens %lld + %lld = %lld%s; %.0f ms]\n", (long long)r->s1.vision_tokens,
-           (long long)r->s2.vision_tokens, (long long)vision_total(r),
-           r->s2.vision_reused ? " (stage 2's reused, not encoded again)" : "", total_ms(r));
+    print_box(r);
+    printf("; ");
+    print_tokens(r);
+}
+
+/* Plain mode of one ERGO run: both stages' text streams to stdout as it is
+ * generated, the box line between them; the progress lines time the stages. */
+typedef struct stream {
+    int on;        /* text goes to stdout */
+    progress p;    /* the stage running */
+    int stage;     /* 1, 2 */
+} stream;
+
+static int stream_text(void *ctx, const char *text, size_t len) {
+    stream *st = ctx;
+    if (st->on) {
+        fwrite(text, 1, len, stdout);
+        fflush(stdout);
+    } else {
+        progress_update(&st->p, 0, 0, "s");
+    }
+    return 0;
+}
+
+static void stream_begin(stream *st, const char *label) {
+    progress_begin(&st->p, "%s", label);
+    if (st->on && isatty(1)) progress_abort(&st->p); /* the text streams on this terminal */
+}
+
+static void stream_stage1(void *ctx, const ergo_result *r) {
+    stream *st = ctx;
+    if (st->on) {
+        printf("\n");
+        print_box(r);
+        printf("]\n");
+        fflush(stdout);
+    }
+    progress_end(&st->p, "%lld vision tokens, %d prompt + %zu generated tokens",
+                 (long long)r->s1.vision_tokens, r->s1.prompt_tokens, r->s1.ids.n);
+    st->stage = 2;
+    stream_begin(st, "ERGO stage 2 (the crop)");
 }
 
 /* ---------------------------------------------------------------- one item */
@@ -290,15 +432,38 @@ typedef struct item {
 static ergo_status run_item(context *c, const options *o, const item *it, json_t **out,
                             ergo_error *err) {
     image img = {0};
-    ergo_status s = image_decode_file(&img, it->image, NULL, err);
-    if (s) return s;
+    ergo_status s = ERGO_OK;
+    if (o->decoded.rgb) img = o->decoded; /* checked before the load; o keeps it */
+    else if ((s = image_decode_file(&img, it->image, NULL, err))) return s;
     ergo_result er = {0}, br = {0};
+    /* one plain ERGO run streams; JSON, both modes and batches print at the end */
+    stream st;
+    memset(&st, 0, sizeof st);
+    st.on = !o->json && o->mode == MODE_ERGO;
+    st.stage = 1;
     if (o->mode & MODE_ERGO) {
-        s = ergo_run(c, &o->run, &img, &it->q, &er, err);
+        ergo_options ro = o->run;
+        ro.on_text = stream_text;
+        ro.on_text_ctx = &st;
+        ro.on_stage1 = stream_stage1;
+        stream_begin(&st, "ERGO stage 1 (the downsampled image)");
+        s = ergo_run(c, &ro, &img, &it->q, &er, err);
+        if (s) progress_abort(&st.p);
+        else if (er.s2.ran) progress_end(&st.p, "%lld vision tokens%s, %d prompt + %zu generated tokens",
+                                         (long long)er.s2.vision_tokens,
+                                         er.s2.vision_reused ? " (reused)" : "",
+                                         er.s2.prompt_tokens, er.s2.ids.n);
         if (!s && o->save_crop) s = viz_write_png(&er.stage2_image, o->save_crop, err);
         if (!s && o->save_viz) s = viz_render(&er, o->save_viz, err);
     }
-    if (!s && (o->mode & MODE_BASELINE)) s = ergo_run_baseline(c, &o->run, &img, &it->q, &br, err);
+    if (!s && (o->mode & MODE_BASELINE)) {
+        progress pb;
+        progress_begin(&pb, "baseline (the whole image)");
+        s = ergo_run_baseline(c, &o->run, &img, &it->q, &br, err);
+        if (s) progress_abort(&pb);
+        else progress_end(&pb, "%lld vision tokens, %d prompt + %zu generated tokens",
+                          (long long)br.s1.vision_tokens, br.s1.prompt_tokens, br.s1.ids.n);
+    }
     if (!s) {
         if (o->mode == MODE_BOTH) {
             double tb = total_ms(&br), te = total_ms(&er);
@@ -309,7 +474,11 @@ static ergo_status run_item(context *c, const options *o, const item *it, json_t
         } else {
             *out = result_json(o->mode == MODE_ERGO ? &er : &br);
         }
-        if (!o->json) {
+        if (st.on) {
+            /* stage 2's text has streamed: close it, then the tokens and time */
+            printf("\n[answer: %s; ", er.answer ? er.answer : "");
+            print_tokens(&er);
+        } else if (!o->json) {
             if (o->mode & MODE_ERGO) print_plain(&er);
             if (o->mode & MODE_BASELINE) print_plain(&br);
             if (o->mode == MODE_BOTH)
@@ -320,7 +489,7 @@ static ergo_status run_item(context *c, const options *o, const item *it, json_t
     }
     ergo_result_free(&er);
     ergo_result_free(&br);
-    image_free(&img);
+    if (!o->decoded.rgb) image_free(&img);
     return s;
 }
 
@@ -342,7 +511,8 @@ static int run_batch(context *c, options *o) {
     if (file_read_all(o->batch, (size_t)1 << 30, &data, &size, &err)) return fail(err.msg);
     int n_lines = 0;
     for (size_t i = 0; i < size; i++) n_lines += data[i] == '\n' || (i + 1 == size);
-    const int tty = isatty(2);
+    const int tty = progress_is_tty(); /* the batch's own line; --quiet silences it */
+    progress_set_quiet(1);             /* not the per-stage lines of every item */
     o->json = 1;
     int done = 0, failed = 0, line_no = 0;
     double t0 = now_ms();
@@ -410,10 +580,16 @@ static int run_batch(context *c, options *o) {
 int cmd_run(int argc, char **argv) {
     options o;
     int code = 0;
-    if (parse(&o, argc, argv, &code)) return code;
+    if (parse(&o, argc, argv, &code)) {
+        options_free(&o);
+        return code;
+    }
     ergo_error err = {0};
     char dir[4096];
-    if (hub_resolve_model(o.model, dir, sizeof dir, &err)) return fail(err.msg);
+    if (hub_resolve_model(o.model, dir, sizeof dir, &err)) {
+        options_free(&o);
+        return fail(err.msg);
+    }
     engine_options eo;
     engine_options_default(&eo);
     engine *e = calloc(1, sizeof *e);
@@ -421,13 +597,13 @@ int cmd_run(int argc, char **argv) {
     if (!e || !c) {
         free(e);
         free(c);
+        options_free(&o);
         return fail("out of memory");
     }
     int rc = 0;
-    ergo_status s = cli_weights_options(&eo, o.weights, o.weights_cache, &err);
-    if (!s) s = cli_kv_options(&eo, o.kv_dtype, &err);
-    if (!s) s = engine_load(e, dir, &eo, &err);
-    if (!s) cli_engine_warning("run", e);
+    ergo_status s = cli_engine_options(&eo, o.threads, o.weights, o.weights_cache, o.kv_dtype,
+                                       &err);
+    if (!s) s = cli_load_engine("run", e, dir, &eo, &err);
     if (!s) s = context_init(c, e, &err);
     if (s) {
         rc = fail(err.msg);
@@ -444,6 +620,7 @@ int cmd_run(int argc, char **argv) {
     engine_free(e);
     free(c);
     free(e);
+    options_free(&o);
     if (fflush(stdout) != 0 && rc == 0) rc = fail("cannot write the output");
     return rc;
 }

@@ -12,6 +12,7 @@
 
 #include "base/clock.h"
 #include "cli.h"
+#include "progress.h"
 #include "commands.h"
 #include "synth/synth.h"
 
@@ -111,11 +112,9 @@ static int parse_int(const char *s, long long lo, long long hi, int *out) {
     return 1;
 }
 
-static void progress(void *ctx, int64_t done, int64_t total) {
-    double t0 = *(const double *)ctx, dt = (now_ms() - t0) / 1000.0;
-    fprintf(stderr, "\rergo synth: %lld/%lld (%.1f images/s)", (long long)done, (long long)total,
-            dt > 0 ? done / dt : 0.0);
-    if (done == total) fputc('\n', stderr);
+/* synth_write's callback: the shared progress bar (progress.h). */
+static void show_progress(void *ctx, int64_t done, int64_t total) {
+    progress_update(ctx, (double)done, (double)total, "images");
 }
 
 int cmd_synth(int argc, char **argv) {
@@ -204,9 +203,14 @@ int cmd_synth(int argc, char **argv) {
     if (!out) return cli_usage_error(NAME, "%s", "give --out DIR (or --check N)");
     if (count < 0) return cli_usage_error(NAME, "%s", "give --count N");
     double t0 = now_ms();
-    int show = !quiet && isatty(2);
-    if (synth_write(&c, out, seed, split, count, show ? progress : NULL, &t0, &err))
+    progress_set_quiet(quiet);
+    progress p;
+    progress_begin(&p, "synth %lld %s samples", count, synth_split_name(split));
+    if (synth_write(&c, out, seed, split, count, show_progress, &p, &err)) {
+        progress_abort(&p);
         return cli_fail(NAME, err.msg);
+    }
+    progress_end(&p, "%s", out);
     double dt = (now_ms() - t0) / 1000.0;
     printf("wrote %lld %s samples (seed %llu) to %s in %.1f s (%.1f images/s)\n", count,
            synth_split_name(split), (unsigned long long)seed, out, dt, dt > 0 ? count / dt : 0.0);

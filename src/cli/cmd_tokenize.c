@@ -55,33 +55,20 @@ static int parse_ids(const char *s, tok_ids *ids, ergo_error *err) {
 int cmd_tokenize(int argc, char **argv) {
     const char *model = NULL, *file = NULL, *text = NULL;
     int decode = 0, skip_special = 0, timing = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(a, "--model") && i + 1 < argc) {
-            model = argv[++i];
-        } else if (!strcmp(a, "--file") && i + 1 < argc) {
-            file = argv[++i];
-        } else if (!strcmp(a, "--decode")) {
-            decode = 1;
-        } else if (!strcmp(a, "--skip-special")) {
-            skip_special = 1;
-        } else if (!strcmp(a, "--time")) {
-            timing = 1;
-        } else if (!strcmp(a, "--") && i + 2 == argc && !text) {
-            text = argv[++i]; /* a TEXT that starts with "--" */
-        } else if (a[0] == '-' && a[1] == '-') {
-            fprintf(stderr, "ergo tokenize: unknown option `%s' (see --help)\n", a);
-            return 2;
-        } else if (!text) {
-            text = a;
-        } else {
-            fprintf(stderr, "ergo tokenize: more than one TEXT given (quote it)\n");
-            return 2;
-        }
+    const cli_opt opts[] = {
+        {"model", 'm', CLI_STR, &model, NULL, 0, 0, 0, 0, NULL},
+        {"file", 'f', CLI_STR, &file, NULL, 0, 0, 0, 0, NULL},
+        {"decode", 'd', CLI_FLAG, &decode, NULL, 0, 0, 0, 0, NULL},
+        {"skip-special", 0, CLI_FLAG, &skip_special, NULL, 0, 0, 0, 0, NULL},
+        {"time", 0, CLI_FLAG, &timing, NULL, 0, 0, 0, 0, NULL},
+        {"TEXT", 0, CLI_POSITIONAL, &text, NULL, 0, 0, 0, 0, NULL},
+    };
+    int rc = cli_parse("tokenize", opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
+    if (rc == CLI_HELP) {
+        usage(stdout);
+        return 0;
     }
+    if (rc) return rc;
     if (!model || (!text == !file) || (decode && file)) {
         fprintf(stderr, "ergo tokenize: need --model DIR and exactly one of TEXT or --file PATH "
                         "(see --help)\n");
@@ -93,7 +80,7 @@ int cmd_tokenize(int argc, char **argv) {
     double t0 = now_ms();
     if (tokenizer_load(&tok, model, &err)) return fail(err.msg);
     double t_load = now_ms() - t0;
-    int rc = 0;
+    rc = 0;
     tok_ids ids = {0};
     if (decode) {
         tok_text out = {0};

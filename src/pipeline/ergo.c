@@ -321,6 +321,7 @@ ergo_status ergo_run(context *c, const ergo_options *o, const image *original,
     }
     r->s2.image_ms = now_ms() - t0;
     if (s) goto done;
+    if (o->on_stage1) o->on_stage1(o->on_text_ctx, r);
     r->s2.ran = 1;
     if (r->view == ERGO_VIEW_FALLBACK_DOWNSAMPLED) { /* same image: same rows, no encode */
         g2 = im1.grid;

@@ -56,6 +56,7 @@ typedef enum ergo_fallback {
 typedef ergo_status (*ergo_stage2_image_fn)(void *ctx, const image *original,
                                             const image *stage1_image, image *out,
                                             ergo_error *err);
+struct ergo_result;
 
 typedef struct ergo_options {
     int max_vision_tokens;   /* stage-1 budget: MAX_PIXELS = this * 28 * 28 (1280) */
@@ -72,6 +73,10 @@ typedef struct ergo_options {
     void *on_text_ctx;
     ergo_stage2_image_fn stage2_image; /* NULL: the crop / fallback (the method) */
     void *stage2_image_ctx;
+    /* Called once stage 1 is done and the box (or the fallback) is decided, before
+     * stage 2 starts (may be NULL; gets on_text_ctx): the CLI prints the box line
+     * between the streamed stages and times the stages. */
+    void (*on_stage1)(void *ctx, const struct ergo_result *r);
 } ergo_options;
 
 void ergo_options_default(ergo_options *o);
