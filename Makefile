@@ -19,7 +19,7 @@ CLANG   ?= clang
 # libcurl: models from the Hugging Face hub (src/io/hub.c)
 # gdlib: the --save-viz picture's text and PNG (src/pipeline/viz.c)
 # snappy, libzstd, zlib: the codecs of the benchmarks' parquet files (src/eval/parquet.c)
-PKGS    := jansson libpcre2-8 libutf8proc libjpeg libpng nettle libcurl gdlib snappy libzstd zlib
+PKGS    := jansson libpcre2-8 libutf8proc libjpeg libpng nettle libcurl gdlib snappy libzstd zlib libmicrohttpd
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)

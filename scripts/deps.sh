@@ -10,6 +10,7 @@ packages=(
   libjpeg62-turbo-dev libpng-dev    # image decoding
   nettle-dev                        # SHA-256
   libcurl4-openssl-dev              # models from the Hugging Face hub (HTTPS)
+  libmicrohttpd-dev                 # ergo serve (HTTP server)
   libgd-dev                         # the --save-viz picture (text, PNG)
   libsnappy-dev libzstd-dev zlib1g-dev  # codecs of the benchmarks' parquet files (ergo eval)
 )

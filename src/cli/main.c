@@ -22,6 +22,7 @@ static const command commands[] = {
     {"run", cmd_run, "ERGO's two-stage answer about an image (or the one-pass baseline)"},
     {"download", cmd_download, "fetch a checkpoint from the Hugging Face hub into the local cache"},
     {"synth", cmd_synth, "write the synthetic landmark-tag benchmark (V* layout, SFT split)"},
+    {"serve", cmd_serve, "an OpenAI-compatible HTTP server (chat completions with images, streaming)"},
 };
 
 static void usage(FILE *out) {
