@@ -18,6 +18,7 @@
 #include "image/image.h"
 #include "io/random_checkpoint.h"
 #include "lm_fixture.h"
+#include "pipeline/viz.h"
 #include "runtime/context.h"
 #include "runtime/engine.h"
 #include "serve/openai.h"
@@ -329,8 +330,18 @@ static void check_reference_client(void) {
              sys, img, a1s, crop);
     st = http("POST", "/v1/chat/completions", b, &r, NULL);
     json_t *j2 = json_loads(r.body, 0, NULL);
-    const long long pt2 = json_integer_value(json_object_get(json_object_get(j2, "usage"), "prompt_tokens"));
+    json_t *u2 = json_object_get(j2, "usage");
+    const long long pt2 = json_integer_value(json_object_get(u2, "prompt_tokens"));
+    const long long cached2 =
+        json_integer_value(json_object_get(json_object_get(u2, "prompt_tokens_details"), "cached_tokens"));
+    const long long ct1 = json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens"));
     CHECK(st == 200 && pt2 > pt1 + 12, "stage 2: %ld %.300s (stage 1 prompt %lld)", st, r.body, pt1);
+    /* the whole stage-1 prompt at least (and its answer when it re-tokenizes the same) */
+    CHECK(cached2 >= pt1 && cached2 <= pt1 + ct1 + 2 && cached2 < pt2,
+          "stage 2 cached_tokens %lld: stage 1 had %lld prompt + %lld completion tokens", cached2,
+          pt1, ct1);
+    printf("  serve: stage 2 cached %lld of %lld prompt tokens (stage 1: %lld + %lld)\n", cached2,
+           pt2, pt1, ct1);
     json_decref(j2);
     free(r.body);
     free(a1s);
@@ -339,6 +350,134 @@ static void check_reference_client(void) {
     free(b);
     free(img);
     free(crop);
+}
+
+/* One request's content and cached_tokens. */
+static char *chat_cached(const char *body, long long *cached, long long *prompt) {
+    resp r;
+    long st = http("POST", "/v1/chat/completions", body, &r, NULL);
+    json_t *j = json_loads(r.body, 0, NULL);
+    json_t *u = json_object_get(j, "usage");
+    *cached = json_integer_value(json_object_get(json_object_get(u, "prompt_tokens_details"), "cached_tokens"));
+    *prompt = json_integer_value(json_object_get(u, "prompt_tokens"));
+    const char *c = json_string_value(json_object_get(
+        json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message"), "content"));
+    char *out = c ? strdup(c) : NULL;
+    CHECK(st == 200 && out, "chat: %ld %.200s", st, r.body);
+    json_decref(j);
+    free(r.body);
+    return out;
+}
+
+/* The same image twice reuses the prefix; an image differing in one pixel never shares
+ * past the tokens before it (also when both run at once); results equal a fresh run. */
+typedef struct par_req {
+    const char *body;
+    char *content;
+    long long cached, prompt;
+} par_req;
+
+static void *par_main(void *arg) {
+    par_req *p = arg;
+    p->content = chat_cached(p->body, &p->cached, &p->prompt);
+    return NULL;
+}
+
+static char *image_body(const char *b64, const char *text) {
+    size_t cap = strlen(b64) + strlen(text) + 1024;
+    char *b = malloc(cap);
+    snprintf(b, cap,
+             "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":"
+             "\"Look:\"},{\"type\":\"image_url\",\"image_url\":{\"url\":"
+             "\"data:image/jpeg;base64,%s\"}},{\"type\":\"text\",\"text\":\"%s\"}]}],"
+             "\"temperature\":0,\"max_tokens\":6}",
+             b64, text);
+    return b;
+}
+
+static void check_prefix_cache(void) {
+    ergo_error err = {0};
+    image im = {0};
+    if (image_decode_file(&im, SV_IMAGE, NULL, &err)) {
+        CHECK(0, "%s", err.msg);
+        return;
+    }
+    char path[1100];
+    snprintf(path, sizeof path, "%s/one_pixel.png", scratch_dir());
+    im.rgb[(5 * im.width + 7) * 3] ^= 1;
+    int ok = viz_write_png(&im, path, &err) == ERGO_OK;
+    image_free(&im);
+    CHECK(ok, "%s", err.msg);
+    char *a = b64_file(SV_IMAGE), *b = ok ? b64_file(path) : NULL;
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return;
+    }
+    /* a fresh question on image A, then the same again: all but the last token cached */
+    char *qa = image_body(a, "What is in the picture? (cache test 1)");
+    long long c1, p1, c2, p2;
+    char *r1 = chat_cached(qa, &c1, &p1), *r2 = chat_cached(qa, &c2, &p2);
+    CHECK(r1 && r2 && !strcmp(r1, r2) && c2 == p2 - 1 && c1 < 20,
+          "repeat: cached %lld then %lld of %lld; \"%s\" vs \"%s\"", c1, c2, p2, r1, r2);
+    /* image B (one pixel off) with the same text: only the tokens before the image */
+    char *qb = image_body(b, "What is in the picture? (cache test 1)");
+    long long c3, p3;
+    char *r3 = chat_cached(qb, &c3, &p3);
+    CHECK(r3 && c3 < 24 && p3 == p1, "one pixel off: cached %lld of %lld", c3, p3);
+    /* concurrently, fresh texts: A and B never share the image */
+    char *qa2 = image_body(a, "Second question, at once."), *qb2 = image_body(b, "Second question, at once.");
+    par_req pa = {qa2, NULL, 0, 0}, pb = {qb2, NULL, 0, 0};
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, par_main, &pa);
+    pthread_create(&tb, NULL, par_main, &pb);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    /* each may reuse its own image (from the first requests) but not the other's:
+     * the image's tokens end at least 12 past its start, so a cache hit on the image
+     * is over 24 tokens; then a fresh server run of B alone must give the same text */
+    CHECK(pa.content && pb.content, "concurrent A/B answered");
+    long long c4, p4;
+    char *r4 = chat_cached(qb2, &c4, &p4);
+    CHECK(pb.content && r4 && !strcmp(pb.content, r4), "B concurrent vs again: \"%s\" vs \"%s\"",
+          pb.content, r4);
+    printf("  serve: prefix cache: repeat %lld/%lld, one pixel off %lld/%lld, concurrent A %lld B %lld\n",
+           c2, p2, c3, p3, pa.cached, pb.cached);
+    free(pa.content);
+    free(pb.content);
+    free(r1);
+    free(r2);
+    free(r3);
+    free(r4);
+    free(qa);
+    free(qb);
+    free(qa2);
+    free(qb2);
+    free(a);
+    free(b);
+}
+
+/* 4 concurrent greedy requests (one batched decode) equal their solo runs. */
+static void check_concurrent_greedy(const engine *e) {
+    const char *qs[4] = {"One.", "Two, a bit longer than one.", "Three: the longest of the four prompts here.", "Four"};
+    char *bodies[4];
+    par_req p[4];
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        bodies[i] = chat_body(qs[i], "\"temperature\":0,\"max_tokens\":10");
+        p[i] = (par_req){bodies[i], NULL, 0, 0};
+        pthread_create(&t[i], NULL, par_main, &p[i]);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(t[i], NULL);
+    for (int i = 0; i < 4; i++) {
+        generate_result res = {0};
+        direct_greedy(e, qs[i], 10, &res);
+        CHECK(p[i].content && !strcmp(p[i].content, res.text.s ? res.text.s : ""),
+              "concurrent %d: \"%s\" vs solo \"%s\"", i, p[i].content, res.text.s);
+        generate_result_free(&res);
+        free(p[i].content);
+        free(bodies[i]);
+    }
 }
 
 static void check_bad_input(void) {
@@ -602,7 +741,7 @@ void test_serve(void) {
     serve_options o;
     serve_options_default(&o);
     o.port = 0;
-    o.parallel = 2;
+    o.parallel = 4;
     o.queue = 2;
     o.max_images = 3;
     o.max_body_bytes = 2 << 20;
@@ -615,6 +754,8 @@ void test_serve(void) {
         check_endpoints();
         check_chat(&e);
         check_reference_client();
+        check_prefix_cache();
+        check_concurrent_greedy(&e);
         check_bad_input();
         check_burst(o.parallel);
         wait_idle();

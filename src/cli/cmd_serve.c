@@ -31,6 +31,7 @@ static void usage(FILE *out) {
             "  --max-body-mb N          request body limit, 413 above (256)\n"
             "  --limit-images N         images per request (16)\n"
             "  --timeout N              seconds before a generation is cancelled (600)\n"
+            "  --cache-mb N             prefix cache: KV of finished conversations kept (2048; 0 off)\n"
             "  --allowed-local-media-path DIR  allow file:// image URLs under DIR\n"
             "  --allow-remote-media     accepted; http(s) fetching is not implemented and refused\n"
             "  --weights bf16|q8|q4     how the linear weights are read (bf16)\n"
@@ -69,12 +70,13 @@ int cmd_serve(int argc, char **argv) {
         else {
             /* the numeric options: name, range, destination */
             long long mp = 0, xp = 0, body = -1, ctx = -1, thr = -1;
-            long long port = -1, par = -1, q = -1, img = -1, to = -1;
+            long long cmb = -1, port = -1, par = -1, q = -1, img = -1, to = -1;
             const struct { const char *name; long long lo, hi, *dst; } num[] = {
                 {"--port", 0, 65535, &port},          {"--parallel", 1, 256, &par},
                 {"--queue", 0, 4096, &q},             {"--ctx", 1, 1 << 24, &ctx},
                 {"--max-body-mb", 1, 1 << 16, &body}, {"--limit-images", 1, 4096, &img},
-                {"--timeout", 1, 1 << 24, &to},       {"--threads", 1, 4096, &thr},
+                {"--timeout", 1, 1 << 24, &to},       {"--cache-mb", 0, 1 << 24, &cmb},
+       {"--threads", 1, 4096, &thr},
                 {"--min-pixels", 1, (long long)1 << 40, &mp},
                 {"--max-pixels", 1, (long long)1 << 40, &xp},
             };
@@ -90,6 +92,7 @@ int cmd_serve(int argc, char **argv) {
             if (body >= 0) so.max_body_bytes = (int64_t)body << 20;
             if (img >= 0) so.max_images = (int)img;
             if (to >= 0) so.timeout_s = (int)to;
+            if (cmb >= 0) so.cache_bytes = (size_t)cmb << 20;
             if (thr >= 0) eo.n_threads = (int)thr;
             if (mp) eo.min_pixels = mp;
             if (xp) eo.max_pixels = xp;

@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <nettle/sha2.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -30,6 +31,7 @@ void serve_options_default(serve_options *o) {
     o->max_body_bytes = (int64_t)256 << 20;
     o->max_images = 16;
     o->timeout_s = 600;
+    o->cache_bytes = (size_t)2048 << 20;
 }
 
 /* Latency histogram bounds (seconds) of /metrics. */
@@ -37,6 +39,16 @@ static const double LAT_BOUNDS[] = {0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300};
 #define N_LAT (sizeof LAT_BOUNDS / sizeof *LAT_BOUNDS)
 
 typedef struct job job;
+
+/* A finished conversation kept for prefix reuse (llama.cpp's slot cache): its session
+ * (KV blocks shared with forks) and the SHA-256 of each of its images. */
+typedef struct centry {
+    session s;
+    uint8_t (*hash)[32];  /* (s.n_images) */
+    size_t bytes;         /* the KV bytes it holds (counted whole: shared blocks twice) */
+    uint64_t used;        /* LRU stamp */
+    struct centry *next;
+} centry;
 
 struct server {
     const engine *e;
@@ -54,6 +66,9 @@ struct server {
     int sc_ready;
     scheduler sc;
     job *pending, *running;
+    centry *cache;        /* idle sessions, LRU within o.cache_bytes */
+    size_t cache_bytes, kv_token_bytes;
+    uint64_t cache_clock;
     /* slots: a context each for the vision encoder */
     context *slot_ctx;
     int *slot_busy;
@@ -78,6 +93,8 @@ struct job {
     int n_images;
     float *vision;        /* (vision_tokens, D) */
     int64_t vision_tokens;
+    uint8_t (*hash)[32];  /* (n_images) SHA-256 of width, height, grid and RGB bytes */
+    int cached;           /* prompt tokens taken from the prefix cache */
     float *logits;        /* (V) */
     generate_result res;
     char **stops;         /* the request's (oai_request owns them) */
@@ -140,6 +157,91 @@ static size_t safe_len(const job *j) {
     return j->text.n - hold;
 }
 
+/* ---- the prefix cache (scheduler thread, under sv->mu) ---- */
+
+static void centry_free(centry *c) {
+    session_free(&c->s);
+    free(c->hash);
+    free(c);
+}
+
+/* Tokens of j's prompt that entry c holds: the common prefix of the ids, stopped
+ * before the first image whose hash or grid differs, never inside an image, and
+ * short of the whole prompt (its last token must run to give logits). */
+static int common_prefix(const centry *c, const job *j) {
+    const int n = (int)j->ids.n - 1;
+    int l = 0;
+    while (l < n && l < c->s.n_cached && c->s.tokens[l] == j->ids.v[l]) l++;
+    /* the request's images, in order, match the entry's in order */
+    const int32_t pad = c->s.ids.image_token_id;
+    int k = 0;
+    for (int i = 0; i < l; i++) {
+        if (j->ids.v[i] != pad || (i > 0 && j->ids.v[i - 1] == pad)) continue;
+        /* image k of the request starts at i */
+        const int ok = k < c->s.n_images && c->s.image_start[k] == i && k < j->n_images &&
+                       !memcmp(c->hash[k], j->hash[k], 32) &&
+                       !memcmp(&c->s.grids[k], &j->grids[k], sizeof j->grids[k]);
+        int len = 0;
+        while (i + len < (int)j->ids.n && j->ids.v[i + len] == pad) len++;
+        if (!ok || i + len > l) return i; /* cut before the image (or the image's cut) */
+        k++;
+        i += len - 1;
+    }
+    return l;
+}
+
+/* Starts j's session from the cached conversation with the longest common prefix
+ * (forked: no copy), or empty. Returns the tokens reused. */
+static int session_from_cache(server *sv, job *j, ergo_error *err) {
+    centry *best = NULL;
+    int best_l = 0;
+    for (centry *c = sv->cache; c; c = c->next) {
+        const int l = common_prefix(c, j);
+        if (l > best_l) best = c, best_l = l;
+    }
+    if (best && best_l >= 1) {
+        if (session_fork(&j->s, &best->s, err) == ERGO_OK) {
+            if (session_truncate(&j->s, best_l, err) == ERGO_OK) {
+                best->used = ++sv->cache_clock;
+                return best_l;
+            }
+            session_free(&j->s);
+        }
+    }
+    return context_session_init(&sv->sc_ctx, &j->s, err) ? -1 : 0;
+}
+
+/* Keeps j's finished session (taking it) and evicts least recently used entries
+ * beyond the budget. */
+static void cache_keep(server *sv, job *j) {
+    const size_t bytes = (size_t)j->s.n_cached * sv->kv_token_bytes;
+    centry *c = NULL;
+    if (!sv->o.cache_bytes || bytes > sv->o.cache_bytes || j->s.n_images != j->n_images ||
+        !(c = calloc(1, sizeof *c)) ||
+        (j->n_images && !(c->hash = malloc(32 * (size_t)j->n_images)))) {
+        free(c);
+        session_free(&j->s);
+        return;
+    }
+    c->s = j->s;
+    memset(&j->s, 0, sizeof j->s);
+    if (j->n_images) memcpy(c->hash, j->hash, 32 * (size_t)j->n_images);
+    c->bytes = bytes;
+    c->used = ++sv->cache_clock;
+    c->next = sv->cache;
+    sv->cache = c;
+    sv->cache_bytes += bytes;
+    while (sv->cache_bytes > sv->o.cache_bytes) {
+        centry **lru = &sv->cache;
+        for (centry **pp = &sv->cache; *pp; pp = &(*pp)->next)
+            if ((*pp)->used < (*lru)->used) lru = pp;
+        centry *v = *lru;
+        *lru = v->next;
+        sv->cache_bytes -= v->bytes;
+        centry_free(v);
+    }
+}
+
 /* ---- the scheduler thread ---- */
 
 static void *sched_main(void *arg) {
@@ -151,9 +253,26 @@ static void *sched_main(void *arg) {
             job *j = sv->pending;
             sv->pending = j->next;
             j->submitted = 1;
-            ergo_status st = context_session_init(&sv->sc_ctx, &j->s, &j->err);
+            ergo_status st = ERGO_OK;
+            const int l = session_from_cache(sv, j, &j->err);
+            if (l < 0) st = j->err.code ? j->err.code : ERGO_E_NOMEM;
             if (!st) {
+                /* the piece: the prompt past the cached prefix, its images only */
+                const size_t D = (size_t)sv->e->m.config.text.hidden;
+                int k0 = 0;
+                int64_t rows0 = 0;
+                while (k0 < j->n_images && j->s.n_images > k0) {
+                    const int mg = sv->e->m.config.vision.merge;
+                    rows0 += (int64_t)j->grids[k0].t * j->grids[k0].h * j->grids[k0].w / (mg * mg);
+                    k0++;
+                }
+                j->cached = l;
                 j->r.s = &j->s;
+                j->r.tokens = j->ids.v + l;
+                j->r.n_tokens = (int)j->ids.n - l;
+                j->r.grids = k0 < j->n_images ? j->grids + k0 : NULL;
+                j->r.n_images = j->n_images - k0;
+                j->r.vision = k0 < j->n_images ? j->vision + (size_t)rows0 * D : NULL;
                 st = sched_submit(&sv->sc, &j->r, &j->err);
                 if (st) session_free(&j->s);
             }
@@ -175,7 +294,8 @@ static void *sched_main(void *arg) {
                 *pp = j->next;
                 if (!j->status) j->status = j->r.status;
                 if (j->r.status) j->err = j->r.err;
-                session_free(&j->s);
+                if (j->r.status || j->cancel || sv->stopping) session_free(&j->s);
+                else cache_keep(sv, j);
                 j->finished = 1;
                 pthread_cond_broadcast(&sv->done);
             } else {
@@ -265,6 +385,7 @@ static void job_free(job *j) {
     if (!j) return;
     tok_ids_free(&j->ids);
     free(j->grids);
+    free(j->hash);
     free(j->vision);
     free(j->logits);
     generate_result_free(&j->res);
@@ -328,7 +449,8 @@ static int prepare_job(server *sv, context *cx, const oai_request *q, job *j, oa
     preprocess_config pc = en->pc;
     if (q->min_pixels) pc.min_pixels = q->min_pixels;
     if (q->max_pixels) pc.max_pixels = q->max_pixels;
-    if (q->n_images && !(j->grids = calloc((size_t)q->n_images, sizeof *j->grids)))
+    if (q->n_images && (!(j->grids = calloc((size_t)q->n_images, sizeof *j->grids)) ||
+                        !(j->hash = calloc((size_t)q->n_images, sizeof *j->hash))))
         return oai_fail(e, 500, "internal_error", NULL, NULL, "out of memory");
     size_t n_parts = 0;
     for (int i = 0; i < q->n_msgs; i++) n_parts += (size_t)q->msgs[i].n_parts;
@@ -359,13 +481,13 @@ static int prepare_job(server *sv, context *cx, const oai_request *q, job *j, oa
                                                  &err);
             context_image im = {0};
             if (!st) st = context_encode_image(cx, &img, &pc, &im, &err);
-            image_free(&img);
             float *grown = NULL;
             if (!st) {
                 grown = realloc(j->vision, sizeof *grown * (size_t)(j->vision_tokens + im.tokens) * D);
                 if (!grown) st = ergo_fail(&err, ERGO_E_NOMEM, "out of memory");
             }
             if (st) {
+                image_free(&img);
                 context_image_free(&im);
                 bad = st == ERGO_E_NOMEM
                           ? oai_fail(e, 500, "internal_error", NULL, NULL, "out of memory")
@@ -378,8 +500,18 @@ static int prepare_job(server *sv, context *cx, const oai_request *q, job *j, oa
                    sizeof *im.rows * (size_t)im.tokens * D);
             j->vision_tokens += im.tokens;
             j->vision_ms += im.image_ms + im.vision_ms;
+            /* the image's identity for the prefix cache: all its pixels and its grid */
+            {
+                struct sha256_ctx h;
+                sha256_init(&h);
+                const int32_t dims[5] = {img.width, img.height, im.grid.t, im.grid.h, im.grid.w};
+                sha256_update(&h, sizeof dims, (const uint8_t *)dims);
+                sha256_update(&h, (size_t)img.width * (size_t)img.height * 3, img.rgb);
+                sha256_digest(&h, 32, j->hash[j->n_images]);
+            }
             j->grids[j->n_images++] = im.grid;
             parts[np++] = (chat_part){CHAT_IMAGE, NULL, 0, (int32_t)im.tokens};
+            image_free(&img);
             context_image_free(&im);
         }
     }
@@ -445,7 +577,7 @@ static const char *finish_reason(const job *j) {
 static json_t *usage_json(const job *j) {
     const int pt = (int)j->ids.n, ct = (int)j->res.tokens.n;
     return json_pack("{s:i, s:i, s:i, s:{s:i}}", "prompt_tokens", pt, "completion_tokens", ct,
-                     "total_tokens", pt + ct, "prompt_tokens_details", "cached_tokens", 0);
+                     "total_tokens", pt + ct, "prompt_tokens_details", "cached_tokens", j->cached);
 }
 
 static json_t *timings_json(const job *j) {
@@ -458,6 +590,7 @@ static void account(server *sv, conn *cn, int status) {
     const double secs = (now_ms() - cn->t0) / 1000.0;
     pthread_mutex_lock(&sv->mu);
     sv->tok_prompt += j->ids.n;
+    sv->tok_cached += (uint64_t)j->cached;
     sv->tok_generated += j->res.tokens.n;
     sv->tok_vision += (uint64_t)j->vision_tokens;
     size_t b = 0;
@@ -468,8 +601,8 @@ static void account(server *sv, conn *cn, int status) {
     pthread_mutex_unlock(&sv->mu);
     if (sv->o.log)
         fprintf(stderr,
-                "serve: %s status=%d in=%zu cached=0 out=%zu vision=%lld finish=%s ms=%.1f\n",
-                cn->id, status, j->ids.n, j->res.tokens.n, (long long)j->vision_tokens,
+                "serve: %s status=%d in=%zu cached=%d out=%zu vision=%lld finish=%s ms=%.1f\n",
+                cn->id, status, j->ids.n, j->cached, j->res.tokens.n, (long long)j->vision_tokens,
                 j->status ? "error" : finish_reason(j), secs * 1000.0);
 }
 
@@ -845,6 +978,11 @@ static void free_server(server *sv) {
         for (int i = 0; i < sv->o.parallel; i++) context_free(&sv->slot_ctx[i]);
     free(sv->slot_ctx);
     free(sv->slot_busy);
+    while (sv->cache) {
+        centry *c = sv->cache;
+        sv->cache = c->next;
+        centry_free(c);
+    }
     if (sv->sc_ready) {
         sched_free(&sv->sc);
         context_free(&sv->sc_ctx);
@@ -876,6 +1014,9 @@ ergo_status server_start(server **out, const engine *e, const serve_options *o,
     }
     sv->sc_ready = 1;
     sched_init(&sv->sc, &e->m, &sv->sc_ctx.st, &sv->sc_ctx.pool, e->prefill_chunk);
+    const model_config *mc = &e->m.config;
+    sv->kv_token_bytes = (size_t)2 * (size_t)mc->text.n_layers * (size_t)mc->text.n_kv_heads *
+                         (size_t)mc->text.head_dim * (e->kv_dtype == KV_F32 ? 4 : 2);
     sv->slot_ctx = calloc((size_t)o->parallel, sizeof *sv->slot_ctx);
     sv->slot_busy = calloc((size_t)o->parallel, sizeof *sv->slot_busy);
     if (!sv->slot_ctx || !sv->slot_busy) {

@@ -12,6 +12,13 @@
  * wait for one; beyond that 429 with Retry-After. A streaming client that disconnects
  * cancels its generation (sched_cancel) and frees its slot.
  *
+ * Prefix cache (llama.cpp's slot cache, token-exact): finished sessions stay in the
+ * scheduler's pool, idle, least recently used evicted beyond cache_bytes. A request
+ * forks the one with the longest common prefix (token ids; each image compared by
+ * the SHA-256 of its width, height, grid and RGB bytes), truncates it there (never
+ * inside an image) and prefills only the rest: usage.prompt_tokens_details.cached_tokens.
+ * The vision encoder still runs on every image of a request (no vision-row cache).
+ *
  *   serve_options o;  serve_options_default(&o);  o.port = 0;  // ephemeral
  *   server *sv;  if (server_start(&sv, &engine, &o, &err)) ...;
  *   printf("%d\n", server_port(sv));  ...  server_stop(sv);
@@ -35,6 +42,7 @@ typedef struct serve_options {
     int max_images;            /* per request (16) */
     const char *local_media;   /* --allowed-local-media-path, or NULL */
     int allow_remote_media;    /* accepted but remote fetching is not implemented */
+    size_t cache_bytes;        /* prefix cache: KV bytes of idle sessions kept (2 GiB; 0 = off) */
     int timeout_s;             /* a generation still running after this is cancelled (600) */
     int log;                   /* one line per request on stderr */
 } serve_options;
