@@ -1047,7 +1047,7 @@ ergo_status server_start(server **out, const engine *e, const serve_options *o,
         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, 0, NULL, NULL, handle,
         sv, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr, MHD_OPTION_NOTIFY_COMPLETED,
         completed, sv, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 << 10) + 4096,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(4 * (o->parallel + o->queue) + 16),
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(8 * (o->parallel + o->queue) + 64),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(o->timeout_s + 60), MHD_OPTION_END);
     if (!sv->d) {
         pthread_mutex_lock(&sv->mu);
