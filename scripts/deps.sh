@@ -10,9 +10,9 @@ packages=(
   libjpeg62-turbo-dev libpng-dev    # image decoding
   nettle-dev                        # SHA-256
   libcurl4-openssl-dev              # models from the Hugging Face hub (HTTPS)
+  libmicrohttpd-dev                 # ergo serve; the eval endpoint test's loopback server
   libgd-dev                         # the --save-viz picture (text, PNG)
   libsnappy-dev libzstd-dev zlib1g-dev  # codecs of the benchmarks' parquet files (ergo eval)
-  libmicrohttpd-dev                 # the eval endpoint test's loopback server (and ergo serve)
   libopenmpi-dev openmpi-bin        # mpirun -np K ergo eval (optional: built when found)
 )
 if [ "$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi

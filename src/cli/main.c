@@ -31,6 +31,7 @@ static const command commands[] = {
     {"run", cmd_run, "ERGO's two-stage answer about an image (or the one-pass baseline)"},
     {"generate", cmd_generate, "answer a prompt about images (chat template, vision, decoding)"},
     {"chat", cmd_chat, "talk with a model turn by turn on one session (/image FILE attaches)"},
+    {"serve", cmd_serve, "an OpenAI-compatible HTTP server (chat completions with images, streaming)"},
     {"eval", cmd_eval, "score a benchmark (V*, HR-Bench, MME-RW-lite, synth) in process or on an endpoint"},
     {"download", cmd_download, "fetch a checkpoint from the Hugging Face hub into the local cache"},
     {"inspect", cmd_inspect, "print the architecture of a checkpoint directory"},
