@@ -82,14 +82,10 @@ void gen_request_finish(gen_request *g) {
     sampler_free(&g->sp);
 }
 
-static void fail_with(gen_request *g, ergo_status s, const ergo_error *e);
-
 static void finish_with(gen_request *g, stop_reason why) {
     g->out->reason = why;
     g->finished = 1;
 }
-
-void gen_request_fail(gen_request *g, ergo_status s, const ergo_error *e) { fail_with(g, s, e); }
 
 static void fail_with(gen_request *g, ergo_status s, const ergo_error *e) {
     g->status = s;
@@ -97,24 +93,25 @@ static void fail_with(gen_request *g, ergo_status s, const ergo_error *e) {
     g->finished = 1;
 }
 
+void gen_request_fail(gen_request *g, ergo_status s, const ergo_error *e) { fail_with(g, s, e); }
+
 /* Chooses, streams and checks one token of g: what one turn of
  * GenerationMixin._sample's loop does before the forward. Leaves g->next to append
  * unless g finished. */
-static void choose_token(gen_request *g);
-
-int gen_request_choose(gen_request *g) {
-    if (!g->finished) choose_token(g);
-    return !g->finished;
-}
-
 static void choose_token(gen_request *g) {
     const generate_params *p = &g->p;
     session *s = g->s;
-    if (g->step == p->max_new_tokens) return finish_with(g, STOP_LENGTH);
+    if (g->step == p->max_new_tokens) {
+        finish_with(g, STOP_LENGTH);
+        return;
+    }
     /* logits processors + choice, over every token of the sequence so far */
     const int32_t next = sampler_next(&g->sp, g->logits, s->tokens, (size_t)s->n_cached);
     ergo_status r = tok_ids_push(&g->out->tokens, next, &g->err);
-    if (r) return fail_with(g, r, &g->err);
+    if (r) {
+        fail_with(g, r, &g->err);
+        return;
+    }
     g->step++;
     /* stream the text this token completes; ids past the tokenizer's vocabulary
      * (the embedding is padded to 152064, the tokenizer has 151665) have no text:
@@ -123,28 +120,42 @@ static void choose_token(gen_request *g) {
     const int known =
         next < tokenizer_n_ids(g->tok) && tokenizer_token_text(g->tok, next, &text_len);
     g->piece.n = 0;
-    if (known && (r = tokenizer_stream_push(&g->shown, next, &g->piece, &g->err)))
-        return fail_with(g, r, &g->err);
-    if (g->piece.n) {
-        if ((r = tok_text_append(&g->out->text, g->piece.s, g->piece.n, &g->err)))
-            return fail_with(g, r, &g->err);
-        if (g->on_text && g->on_text(g->ctx, g->piece.s, g->piece.n))
-            return finish_with(g, STOP_CALLER);
+    if (known) r = tokenizer_stream_push(&g->shown, next, &g->piece, &g->err);
+    if (!r && g->piece.n) r = tok_text_append(&g->out->text, g->piece.s, g->piece.n, &g->err);
+    if (r) {
+        fail_with(g, r, &g->err);
+        return;
+    }
+    if (g->piece.n && g->on_text && g->on_text(g->ctx, g->piece.s, g->piece.n)) {
+        finish_with(g, STOP_CALLER);
+        return;
     }
     /* stopping criteria: eos ids, stop strings, length, context */
     for (int k = 0; k < p->n_stop_ids; k++)
-        if (next == p->stop_ids[k]) return finish_with(g, STOP_EOS);
+        if (next == p->stop_ids[k]) {
+            finish_with(g, STOP_EOS);
+            return;
+        }
     if (p->n_stop_strings && known) {
         const size_t prev = g->all_raw.n;
-        if ((r = tokenizer_stream_push(&g->raw, next, &g->all_raw, &g->err)))
-            return fail_with(g, r, &g->err);
+        if ((r = tokenizer_stream_push(&g->raw, next, &g->all_raw, &g->err))) {
+            fail_with(g, r, &g->err);
+            return;
+        }
         if (g->all_raw.n > prev && generate_stop_string_hit(g->all_raw.s, g->all_raw.n, prev,
-                                                            p->stop_strings, p->n_stop_strings))
-            return finish_with(g, STOP_STRING);
+                                                            p->stop_strings, p->n_stop_strings)) {
+            finish_with(g, STOP_STRING);
+            return;
+        }
     }
-    if (g->step == p->max_new_tokens) return finish_with(g, STOP_LENGTH);
-    if (s->n_cached >= s->max_context) return finish_with(g, STOP_CONTEXT);
-    g->next = next;
+    if (g->step == p->max_new_tokens) finish_with(g, STOP_LENGTH);
+    else if (s->n_cached >= s->max_context) finish_with(g, STOP_CONTEXT);
+    else g->next = next;
+}
+
+int gen_request_choose(gen_request *g) {
+    if (!g->finished) choose_token(g);
+    return !g->finished;
 }
 
 /* One batched forward appending each fed request's token; failures finish them. */
