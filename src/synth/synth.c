@@ -420,8 +420,9 @@ ergo_status synth_generate(const synth_config *c, uint64_t seed, synth_split spl
     }
     /* opts[0] (the truth) goes to s->label, the distractors fill the rest in order */
     for (int i = 0, k = 1; i < SYNTH_N_OPTIONS; i++) {
-        strcpy(s->codes[i], i == s->label ? opts[0] : opts[k++]);
-        snprintf(s->options[i], sizeof s->options[i], "(%c) %s", 'A' + i, s->codes[i]);
+        const char *code = i == s->label ? opts[0] : opts[k++]; /* a local, not inside *s */
+        strcpy(s->codes[i], code);
+        snprintf(s->options[i], sizeof s->options[i], "(%c) %s", 'A' + i, code);
     }
     int n = snprintf(s->text, sizeof s->text, "%s", s->question);
     for (int i = 0; i < SYNTH_N_OPTIONS; i++)
