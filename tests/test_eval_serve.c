@@ -5,9 +5,9 @@
  * and --box-text gives stage 2 a small crop. Checked, for --concurrency 1 and 2: exit 0,
  * every sample "ok" (no failed request), results.jsonl and summary.json written, each
  * record's prompt/generated token counts from the server's usage (stage 2 longer than
- * stage 1, 1..4 generated), and /metrics: 2 requests per sample answered 2xx and the
- * stage-2 prompts served partly from the prefix cache (ergo_cached_tokens_total grows by
- * at least each stage-1 prompt's shared head). */
+ * stage 1, 1..4 generated), and /metrics of a fresh server per run: 2 requests per sample
+ * answered 2xx and the stage-2 prompts served from the prefix cache (cached tokens >= half
+ * the stage-1 prompts: the system prompt and first image at least). */
 #include <curl/curl.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -74,8 +74,22 @@ static int es_sh(const char *cmd, char *errtext, size_t errsize) {
 
 static const char *g_es_bin, *g_es_root;
 
-/* One `ergo eval --endpoint` run at `conc` parallel requests against the server on port. */
-static void es_run(int port, int conc) {
+/* One `ergo eval --endpoint` run at `conc` parallel requests against a fresh server (an
+ * empty prefix cache, so only stage 2 can hit it). */
+static void es_run(const engine *e, int conc) {
+    serve_options o;
+    serve_options_default(&o);
+    o.port = 0;
+    o.parallel = 2;
+    o.queue = 4;
+    server *sv;
+    ergo_error serr = {0};
+    if (server_start(&sv, e, &o, &serr)) {
+        SKIP("cannot start ergo serve on 127.0.0.1: %s", serr.msg);
+        return;
+    }
+    const int port = server_port(sv);
+    CHECK(port > 0, "port %d", port);
     char out[1100], cmd[8192], err[4096];
     snprintf(out, sizeof out, "%s/eval_serve_c%d", scratch_dir(), conc);
     const double req0 = es_metric(port, "ergo_requests_total{status=\"2xx\"}");
@@ -138,6 +152,7 @@ static void es_run(int port, int conc) {
           "concurrency %d: %g prompt tokens cached (stage-1 prompts sum to %lld)", conc, cached, p1_sum);
     printf("  eval_serve: concurrency %d: %d samples ok, %g requests, %g cached tokens (stage-1 prompts %lld)\n",
            conc, ok, req, cached, p1_sum);
+    server_stop(sv);
 }
 
 void test_eval_serve(void) {
@@ -180,21 +195,8 @@ void test_eval_serve(void) {
         return;
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    serve_options o;
-    serve_options_default(&o);
-    o.port = 0;
-    o.parallel = 2;
-    o.queue = 4;
-    server *sv;
-    if (server_start(&sv, &e, &o, &err)) {
-        SKIP("cannot start ergo serve on 127.0.0.1: %s", err.msg);
-    } else {
-        const int port = server_port(sv);
-        CHECK(port > 0, "port %d", port);
-        es_run(port, 1);
-        es_run(port, 2);
-        server_stop(sv);
-    }
+    es_run(&e, 1);
+    es_run(&e, 2);
     curl_global_cleanup();
     engine_free(&e);
 }
