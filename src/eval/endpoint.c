@@ -165,7 +165,7 @@ static void run_sample(const eval_config *c, CURL *h, const char *url, const ben
     if (!st) {
         body = json_pack("{s:s, s:[{s:s, s:s}, o], s:f, s:i, s:[s], s:i}", "model", "ergo", "messages",
                          "role", "system", "content", ergo_system_prompt, user_turn(u1, t1),
-                         "temperature", 0.0, "max_tokens", 1024, "stop", "<|im_end|>", "seed", 42);
+                         "temperature", 0.0, "max_tokens", c->run.max_new_tokens, "stop", "<|im_end|>", "seed", 42);
         double t0 = now_ms();
         st = body ? post_chat(c, h, url, body, &r1, &p1, &g1, &err)
                   : ergo_fail(&err, ERGO_E_NOMEM, "out of memory");
