@@ -294,6 +294,8 @@ static void check_chat(const engine *e) {
 }
 
 /* ERGO's two requests (section 1.4 of the spec), the images as PNG labelled jpeg. */
+static double metric(const char *name);
+
 static void check_reference_client(void) {
     char *img = b64_file(SV_IMAGE), *crop = b64_file(SV_IMAGE2);
     CHECK(img && crop, "reading %s", SV_IMAGE);
@@ -328,9 +330,17 @@ static void check_reference_client(void) {
              "(A) left\\n(B) right\\nAnswer with the option's letter.\"}]}],"
              "\"temperature\":0.0,\"max_tokens\":24,\"stop\":[\"<|im_end|>\"],\"seed\":42}",
              sys, img, a1s, crop);
+    const double enc0 = metric("ergo_vision_encodes_total");
     st = http("POST", "/v1/chat/completions", b, &r, NULL);
+    const double enc1 = metric("ergo_vision_encodes_total");
     json_t *j2 = json_loads(r.body, 0, NULL);
     json_t *u2 = json_object_get(j2, "usage");
+    /* the stage-1 image's rows come from the vision cache: only the crop is encoded */
+    const long long venc2 = json_integer_value(
+        json_object_get(json_object_get(j2, "timings"), "vision_encodes"));
+    CHECK(venc2 == 1 && enc1 - enc0 == 1,
+          "stage 2 vision encodes: %lld in timings, %g in /metrics (want 1: the crop)", venc2,
+          enc1 - enc0);
     const long long pt2 = json_integer_value(json_object_get(u2, "prompt_tokens"));
     const long long cached2 =
         json_integer_value(json_object_get(json_object_get(u2, "prompt_tokens_details"), "cached_tokens"));
@@ -352,7 +362,8 @@ static void check_reference_client(void) {
     free(crop);
 }
 
-/* One request's content and cached_tokens. */
+/* One request's content and cached_tokens; its timings.vision_encodes in last_encodes. */
+static long long last_encodes;
 static char *chat_cached(const char *body, long long *cached, long long *prompt) {
     resp r;
     long st = http("POST", "/v1/chat/completions", body, &r, NULL);
@@ -360,6 +371,8 @@ static char *chat_cached(const char *body, long long *cached, long long *prompt)
     json_t *u = json_object_get(j, "usage");
     *cached = json_integer_value(json_object_get(json_object_get(u, "prompt_tokens_details"), "cached_tokens"));
     *prompt = json_integer_value(json_object_get(u, "prompt_tokens"));
+    last_encodes = json_integer_value(
+        json_object_get(json_object_get(j, "timings"), "vision_encodes"));
     const char *c = json_string_value(json_object_get(
         json_object_get(json_array_get(json_object_get(j, "choices"), 0), "message"), "content"));
     char *out = c ? strdup(c) : NULL;
@@ -417,13 +430,18 @@ static void check_prefix_cache(void) {
     /* a fresh question on image A, then the same again: all but the last token cached */
     char *qa = image_body(a, "What is in the picture? (cache test 1)");
     long long c1, p1, c2, p2;
-    char *r1 = chat_cached(qa, &c1, &p1), *r2 = chat_cached(qa, &c2, &p2);
+    char *r1 = chat_cached(qa, &c1, &p1);
+    char *r2 = chat_cached(qa, &c2, &p2);
+    CHECK(last_encodes == 0, "repeat of image A: %lld vision encodes (want 0: cached rows)",
+          last_encodes);
     CHECK(r1 && r2 && !strcmp(r1, r2) && c2 == p2 - 1 && c1 < 20,
           "repeat: cached %lld then %lld of %lld; \"%s\" vs \"%s\"", c1, c2, p2, r1, r2);
     /* image B (one pixel off) with the same text: only the tokens before the image */
     char *qb = image_body(b, "What is in the picture? (cache test 1)");
     long long c3, p3;
     char *r3 = chat_cached(qb, &c3, &p3);
+    /* its rows are its own: the vision cache never hands it image A's */
+    CHECK(last_encodes == 1, "one pixel off: %lld vision encodes (want 1)", last_encodes);
     CHECK(r3 && c3 < 24 && p3 == p1, "one pixel off: cached %lld of %lld", c3, p3);
     /* concurrently, fresh texts: A and B never share the image */
     char *qa2 = image_body(a, "Second question, at once."), *qb2 = image_body(b, "Second question, at once.");

@@ -43,6 +43,8 @@ typedef struct serve_options {
     const char *local_media;   /* --allowed-local-media-path, or NULL */
     int allow_remote_media;    /* accepted but remote fetching is not implemented */
     size_t cache_bytes;        /* prefix cache: KV bytes of idle sessions kept (2 GiB; 0 = off) */
+    size_t vision_cache_bytes; /* encoded vision rows of recent images, its own budget beside
+                                  cache_bytes (256 MiB; 0 = off) */
     int timeout_s;             /* a generation still running after this is cancelled (600) */
     int log;                   /* one line per request on stderr */
 } serve_options;
