@@ -17,7 +17,9 @@
  * forks the one with the longest common prefix (token ids; each image compared by
  * the SHA-256 of its width, height, grid and RGB bytes), truncates it there (never
  * inside an image) and prefills only the rest: usage.prompt_tokens_details.cached_tokens.
- * The vision encoder still runs on every image of a request (no vision-row cache).
+ * Vision-row cache: each image's encoded rows are kept (LRU within vision_cache_bytes,
+ * shared by the slots), keyed by SHA-256 over width, height, min/max pixels and the RGB
+ * bytes; a repeated image skips the encoder (timings.vision_encodes, /metrics).
  *
  *   serve_options o;  serve_options_default(&o);  o.port = 0;  // ephemeral
  *   server *sv;  if (server_start(&sv, &engine, &o, &err)) ...;
