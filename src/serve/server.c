@@ -614,7 +614,10 @@ static int prepare_job(server *sv, context *cx, const oai_request *q, job *j, oa
             context_image_free(&im);
         }
     }
-    if (!bad && chat_encode(&en->ct, en->tok, msgs, (size_t)q->n_msgs, 1, &j->ids, &err))
+    /* a special token spelled in a user's text stays text (issue 10 point 8) */
+    chat_template ct = en->ct;
+    ct.literal_user_text = 1;
+    if (!bad && chat_encode(&ct, en->tok, msgs, (size_t)q->n_msgs, 1, &j->ids, &err))
         bad = oai_fail(e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
     free(parts);
     free(msgs);
