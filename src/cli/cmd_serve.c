@@ -32,6 +32,7 @@ static void usage(FILE *out) {
             "  --limit-images N         images per request (16)\n"
             "  --timeout N              seconds before a generation is cancelled (600)\n"
             "  --cache-mb N             prefix cache: KV of finished conversations kept (2048; 0 off)\n"
+            "  --vision-cache-mb N      encoded vision rows of recent images kept (256; 0 off)\n"
             "  --allowed-local-media-path DIR  allow file:// image URLs under DIR\n"
             "  --allow-remote-media     accepted; http(s) fetching is not implemented and refused\n"
             "  --weights bf16|q8|q4     how the linear weights are read (bf16)\n"
@@ -70,13 +71,14 @@ int cmd_serve(int argc, char **argv) {
         else {
             /* the numeric options: name, range, destination */
             long long mp = 0, xp = 0, body = -1, ctx = -1, thr = -1;
-            long long cmb = -1, port = -1, par = -1, q = -1, img = -1, to = -1;
+            long long cmb = -1, vmb = -1, port = -1, par = -1, q = -1, img = -1, to = -1;
             const struct { const char *name; long long lo, hi, *dst; } num[] = {
                 {"--port", 0, 65535, &port},          {"--parallel", 1, 256, &par},
                 {"--queue", 0, 4096, &q},             {"--ctx", 1, 1 << 24, &ctx},
                 {"--max-body-mb", 1, 1 << 16, &body}, {"--limit-images", 1, 4096, &img},
                 {"--timeout", 1, 1 << 24, &to},       {"--cache-mb", 0, 1 << 24, &cmb},
        {"--threads", 1, 4096, &thr},
+                {"--vision-cache-mb", 0, 1 << 24, &vmb},
                 {"--min-pixels", 1, (long long)1 << 40, &mp},
                 {"--max-pixels", 1, (long long)1 << 40, &xp},
             };
@@ -93,6 +95,7 @@ int cmd_serve(int argc, char **argv) {
             if (img >= 0) so.max_images = (int)img;
             if (to >= 0) so.timeout_s = (int)to;
             if (cmb >= 0) so.cache_bytes = (size_t)cmb << 20;
+            if (vmb >= 0) so.vision_cache_bytes = (size_t)vmb << 20;
             if (thr >= 0) eo.n_threads = (int)thr;
             if (mp) eo.min_pixels = mp;
             if (xp) eo.max_pixels = xp;

@@ -32,6 +32,7 @@ void serve_options_default(serve_options *o) {
     o->max_images = 16;
     o->timeout_s = 600;
     o->cache_bytes = (size_t)2048 << 20;
+    o->vision_cache_bytes = (size_t)256 << 20;
 }
 
 /* Latency histogram bounds (seconds) of /metrics. */
@@ -49,6 +50,19 @@ typedef struct centry {
     uint64_t used;        /* LRU stamp */
     struct centry *next;
 } centry;
+
+/* One image's encoded vision rows, kept so a request repeating an image (the
+ * reference client's stage 2 repeats stage 1's) skips the encoder. Keyed by SHA-256
+ * over width, height, the preprocessing limits and the RGB bytes: they fix the grid. */
+typedef struct ventry {
+    uint8_t key[32];
+    mrope_grid grid;
+    int64_t tokens;
+    float *rows;          /* (tokens, D) */
+    size_t bytes;
+    uint64_t used;        /* LRU stamp */
+    struct ventry *next;
+} ventry;
 
 struct server {
     const engine *e;
@@ -75,6 +89,11 @@ struct server {
     int admitted;         /* holding a slot or waiting for one */
     int active;           /* holding a slot */
     uint64_t next_id;
+    /* the vision-row cache, shared by the slots, under vmu */
+    pthread_mutex_t vmu;
+    ventry *vcache;
+    size_t vcache_bytes;
+    uint64_t vcache_clock, vision_encodes, vision_hits;
     /* metrics */
     uint64_t by_status[6]; /* 2xx 4xx(not 429) 429 5xx ... index via status_bucket */
     uint64_t tok_prompt, tok_cached, tok_generated, tok_vision;
@@ -109,6 +128,7 @@ struct job {
     ergo_error err;
     double deadline;
     double vision_ms;
+    int vision_encoded;   /* images of this request run through the encoder (not cached) */
 };
 
 /* ---- text: stop strings cut, partial ones held back ---- */
@@ -441,6 +461,69 @@ static int acquire_slot(server *sv, oai_error *e) {
     return slot;
 }
 
+/* ---- the vision-row cache (connection threads, under sv->vmu) ---- */
+
+/* Copies the rows of the image keyed `key` into *out (malloc'd); 0 when absent. */
+static int vcache_get(server *sv, const uint8_t key[32], mrope_grid *grid, int64_t *tokens,
+                      float **out, size_t D) {
+    int hit = 0;
+    pthread_mutex_lock(&sv->vmu);
+    for (ventry *v = sv->vcache; v; v = v->next)
+        if (!memcmp(v->key, key, 32)) {
+            if ((*out = malloc(sizeof **out * (size_t)v->tokens * D))) {
+                memcpy(*out, v->rows, sizeof **out * (size_t)v->tokens * D);
+                *grid = v->grid;
+                *tokens = v->tokens;
+                v->used = ++sv->vcache_clock;
+                sv->vision_hits++;
+                hit = 1;
+            }
+            break;
+        }
+    pthread_mutex_unlock(&sv->vmu);
+    return hit;
+}
+
+/* Keeps a copy of an image's rows (best effort: out of memory keeps nothing) and
+ * evicts least recently used entries beyond o.vision_cache_bytes. */
+static void vcache_put(server *sv, const uint8_t key[32], const context_image *im, size_t D) {
+    const size_t bytes = sizeof *im->rows * (size_t)im->tokens * D;
+    if (!sv->o.vision_cache_bytes || bytes > sv->o.vision_cache_bytes) return;
+    ventry *v = calloc(1, sizeof *v);
+    if (!v || !(v->rows = malloc(bytes))) {
+        free(v);
+        return;
+    }
+    memcpy(v->key, key, 32);
+    memcpy(v->rows, im->rows, bytes);
+    v->grid = im->grid;
+    v->tokens = im->tokens;
+    v->bytes = bytes;
+    pthread_mutex_lock(&sv->vmu);
+    for (ventry *o = sv->vcache; o; o = o->next)
+        if (!memcmp(o->key, key, 32)) { /* another slot encoded it meanwhile */
+            pthread_mutex_unlock(&sv->vmu);
+            free(v->rows);
+            free(v);
+            return;
+        }
+    v->used = ++sv->vcache_clock;
+    v->next = sv->vcache;
+    sv->vcache = v;
+    sv->vcache_bytes += bytes;
+    while (sv->vcache_bytes > sv->o.vision_cache_bytes) {
+        ventry **lru = &sv->vcache;
+        for (ventry **pp = &sv->vcache; *pp; pp = &(*pp)->next)
+            if ((*pp)->used < (*lru)->used) lru = pp;
+        ventry *x = *lru;
+        *lru = x->next;
+        sv->vcache_bytes -= x->bytes;
+        free(x->rows);
+        free(x);
+    }
+    pthread_mutex_unlock(&sv->vmu);
+}
+
 /* Images through the slot's context, the conversation tokenized, the job built. */
 static int prepare_job(server *sv, context *cx, const oai_request *q, job *j, oai_error *e) {
     const engine *en = sv->e;
@@ -480,7 +563,23 @@ static int prepare_job(server *sv, context *cx, const oai_request *q, job *j, oa
             ergo_status st = image_decode_memory(&img, p->image, p->image_len, "image", NULL,
                                                  &err);
             context_image im = {0};
-            if (!st) st = context_encode_image(cx, &img, &pc, &im, &err);
+            uint8_t key[32];
+            if (!st) {
+                struct sha256_ctx h;
+                sha256_init(&h);
+                const int64_t dims[4] = {img.width, img.height, pc.min_pixels, pc.max_pixels};
+                sha256_update(&h, sizeof dims, (const uint8_t *)dims);
+                sha256_update(&h, (size_t)img.width * (size_t)img.height * 3, img.rgb);
+                sha256_digest(&h, 32, key);
+                if (!vcache_get(sv, key, &im.grid, &im.tokens, &im.rows, D)) {
+                    st = context_encode_image(cx, &img, &pc, &im, &err);
+                    pthread_mutex_lock(&sv->vmu);
+                    sv->vision_encodes++;
+                    pthread_mutex_unlock(&sv->vmu);
+                    if (!st) vcache_put(sv, key, &im, D);
+                    j->vision_encoded++;
+                }
+            }
             float *grown = NULL;
             if (!st) {
                 grown = realloc(j->vision, sizeof *grown * (size_t)(j->vision_tokens + im.tokens) * D);
@@ -515,7 +614,10 @@ static int prepare_job(server *sv, context *cx, const oai_request *q, job *j, oa
             context_image_free(&im);
         }
     }
-    if (!bad && chat_encode(&en->ct, en->tok, msgs, (size_t)q->n_msgs, 1, &j->ids, &err))
+    /* a special token spelled in a user's text stays text (issue 10 point 8) */
+    chat_template ct = en->ct;
+    ct.literal_user_text = 1;
+    if (!bad && chat_encode(&ct, en->tok, msgs, (size_t)q->n_msgs, 1, &j->ids, &err))
         bad = oai_fail(e, 400, "invalid_request_error", "messages", NULL, "%s", err.msg);
     free(parts);
     free(msgs);
@@ -581,8 +683,9 @@ static json_t *usage_json(const job *j) {
 }
 
 static json_t *timings_json(const job *j) {
-    return json_pack("{s:f, s:f, s:f}", "vision_ms", j->vision_ms, "prefill_ms",
-                     j->r.prefill_ms, "decode_ms", j->res.decode_ms);
+    return json_pack("{s:f, s:f, s:f, s:i}", "vision_ms", j->vision_ms, "prefill_ms",
+                     j->r.prefill_ms, "decode_ms", j->res.decode_ms, "vision_encodes",
+                     j->vision_encoded);
 }
 
 static void account(server *sv, conn *cn, int status) {
@@ -852,6 +955,13 @@ static enum MHD_Result handle_metrics(server *sv, struct MHD_Connection *c) {
         (unsigned long long)sv->tok_generated);
     PUT("# TYPE ergo_vision_tokens_total counter\nergo_vision_tokens_total %llu\n",
         (unsigned long long)sv->tok_vision);
+    pthread_mutex_lock(&sv->vmu);
+    PUT("# TYPE ergo_vision_encodes_total counter\nergo_vision_encodes_total %llu\n",
+        (unsigned long long)sv->vision_encodes);
+    PUT("# TYPE ergo_vision_cache_hits_total counter\nergo_vision_cache_hits_total %llu\n",
+        (unsigned long long)sv->vision_hits);
+    PUT("# TYPE ergo_vision_cache_bytes gauge\nergo_vision_cache_bytes %zu\n", sv->vcache_bytes);
+    pthread_mutex_unlock(&sv->vmu);
     PUT("# TYPE ergo_queue_depth gauge\nergo_queue_depth %d\n", sv->admitted - sv->active);
     PUT("# TYPE ergo_active_slots gauge\nergo_active_slots %d\n", sv->active);
     PUT("# TYPE ergo_request_seconds histogram\n");
@@ -983,6 +1093,12 @@ static void free_server(server *sv) {
         sv->cache = c->next;
         centry_free(c);
     }
+    while (sv->vcache) {
+        ventry *v = sv->vcache;
+        sv->vcache = v->next;
+        free(v->rows);
+        free(v);
+    }
     if (sv->sc_ready) {
         sched_free(&sv->sc);
         context_free(&sv->sc_ctx);
@@ -990,6 +1106,7 @@ static void free_server(server *sv) {
     pthread_cond_destroy(&sv->work);
     pthread_cond_destroy(&sv->done);
     pthread_mutex_destroy(&sv->mu);
+    pthread_mutex_destroy(&sv->vmu);
     free(sv);
 }
 
@@ -1005,6 +1122,7 @@ ergo_status server_start(server **out, const engine *e, const serve_options *o,
     sv->e = e;
     sv->o = *o;
     pthread_mutex_init(&sv->mu, NULL);
+    pthread_mutex_init(&sv->vmu, NULL);
     pthread_cond_init(&sv->work, NULL);
     pthread_cond_init(&sv->done, NULL);
     ergo_status st = context_init(&sv->sc_ctx, e, err);

@@ -17,7 +17,9 @@
  * forks the one with the longest common prefix (token ids; each image compared by
  * the SHA-256 of its width, height, grid and RGB bytes), truncates it there (never
  * inside an image) and prefills only the rest: usage.prompt_tokens_details.cached_tokens.
- * The vision encoder still runs on every image of a request (no vision-row cache).
+ * Vision-row cache: each image's encoded rows are kept (LRU within vision_cache_bytes,
+ * shared by the slots), keyed by SHA-256 over width, height, min/max pixels and the RGB
+ * bytes; a repeated image skips the encoder (timings.vision_encodes, /metrics).
  *
  *   serve_options o;  serve_options_default(&o);  o.port = 0;  // ephemeral
  *   server *sv;  if (server_start(&sv, &engine, &o, &err)) ...;
@@ -43,6 +45,8 @@ typedef struct serve_options {
     const char *local_media;   /* --allowed-local-media-path, or NULL */
     int allow_remote_media;    /* accepted but remote fetching is not implemented */
     size_t cache_bytes;        /* prefix cache: KV bytes of idle sessions kept (2 GiB; 0 = off) */
+    size_t vision_cache_bytes; /* encoded vision rows of recent images, its own budget beside
+                                  cache_bytes (256 MiB; 0 = off) */
     int timeout_s;             /* a generation still running after this is cancelled (600) */
     int log;                   /* one line per request on stderr */
 } serve_options;

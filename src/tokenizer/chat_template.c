@@ -81,8 +81,17 @@ ergo_status chat_template_load(chat_template *ct, const char *dir, ergo_error *e
     } while (0)
 #define PUTS(lit) PUT(lit, sizeof(lit) - 1)
 
-ergo_status chat_render_message(const chat_template *ct, chat_state *cs, const chat_message *m,
-                                 int expand_images, tok_text *out, ergo_error *err) {
+/* Records in cuts[] the offsets where the message's own text (role line and content,
+ * never a template token) starts and ends: the runs [cuts[0],cuts[1]), [cuts[2],cuts[3])...
+ * Each run sits between two added tokens, so encoding it apart equals encoding the whole. */
+#define CUT()                                               \
+    do {                                                    \
+        if (cuts) cuts[(*n_cuts)++] = out->n;               \
+    } while (0)
+
+static ergo_status render_message(const chat_template *ct, chat_state *cs, const chat_message *m,
+                                  int expand_images, tok_text *out, size_t *cuts, size_t *n_cuts,
+                                  ergo_error *err) {
     ergo_status st;
     if (!m->role) return ergo_fail(err, ERGO_E_ARG, "chat message %zu has no role", cs->n_messages);
     size_t role_len = strlen(m->role);
@@ -95,6 +104,7 @@ ergo_status chat_render_message(const chat_template *ct, chat_state *cs, const c
                          cs->n_messages);
     if (cs->n_messages == 0 && strcmp(m->role, "system") != 0) PUTS(default_system);
     PUTS("<|im_start|>");
+    CUT();
     PUT(m->role, role_len);
     PUTS("\n");
     if (!m->parts) {
@@ -119,19 +129,27 @@ ergo_status chat_render_message(const chat_template *ct, chat_state *cs, const c
                     int k = snprintf(buf, sizeof buf, "Picture %d: ", cs->n_images);
                     PUT(buf, (size_t)k);
                 }
+                CUT();
                 PUTS("<|vision_start|>");
                 for (int32_t k = 0; k < (expand_images ? p->image_tokens : 1); k++)
                     PUTS("<|image_pad|>");
                 PUTS("<|vision_end|>");
+                CUT();
             } else {
                 return ergo_fail(err, ERGO_E_ARG, "chat message %zu part %zu: unknown part type %d",
                                  cs->n_messages, i, (int)p->type);
             }
         }
     }
+    CUT();
     PUTS("<|im_end|>\n");
     cs->n_messages++;
     return ERGO_OK;
+}
+
+ergo_status chat_render_message(const chat_template *ct, chat_state *cs, const chat_message *m,
+                                 int expand_images, tok_text *out, ergo_error *err) {
+    return render_message(ct, cs, m, expand_images, out, NULL, NULL, err);
 }
 
 ergo_status chat_render_generation_prompt(tok_text *out, ergo_error *err) {
@@ -156,14 +174,33 @@ ergo_status chat_render(const chat_template *ct, const chat_message *msgs, size_
 /* Every rendering starts with <|im_start|>, an added token, so the tokenizer
  * cuts there whatever came before: encoding piece by piece equals encoding the
  * concatenation (tests/test_chat_template.c checks it on the fixtures). */
+static ergo_status encode_message(const chat_template *ct, const tokenizer *tok, chat_state *cs,
+                                  const chat_message *m, tok_ids *ids, ergo_error *err) {
+    tok_text text = {0};
+    const int literal = ct->literal_user_text && m->role && !strcmp(m->role, "user");
+    size_t n_cuts = 0, *cuts = NULL;
+    if (literal && !(cuts = malloc(sizeof *cuts * (4 + 2 * (m->parts ? m->n_parts : 0)))))
+        return ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+    ergo_status st = render_message(ct, cs, m, 1, &text, cuts, &n_cuts, err);
+    /* template tokens with the tokenizer's setting, the user's runs with specials split */
+    size_t at = 0;
+    for (size_t k = 0; k <= n_cuts && st == ERGO_OK; k++) {
+        const size_t end = k < n_cuts ? cuts[k] : text.n;
+        if (end > at)
+            st = (k & 1) ? tokenizer_encode_split(tok, text.s + at, end - at, 1, ids, err)
+                         : tokenizer_encode(tok, text.s + at, end - at, ids, err);
+        at = end;
+    }
+    free(cuts);
+    tok_text_free(&text);
+    return st;
+}
+
 ergo_status chat_encode_message(const chat_template *ct, const tokenizer *tok, chat_state *cs,
                                 const chat_message *m, tok_ids *ids, ergo_error *err) {
     size_t index = cs->n_messages;
-    tok_text text = {0};
-    ergo_status st = chat_render_message(ct, cs, m, 1, &text, err);
-    if (st == ERGO_OK) st = tokenizer_encode(tok, text.s, text.n, ids, err);
+    ergo_status st = encode_message(ct, tok, cs, m, ids, err);
     if (st != ERGO_OK) ergo_error_prefix(err, "chat message %zu: ", index);
-    tok_text_free(&text);
     return st;
 }
 
@@ -175,6 +212,14 @@ ergo_status chat_encode_generation_prompt(const tokenizer *tok, tok_ids *ids, er
 /* The whole conversation is rendered and tokenized at once, as the reference does. */
 ergo_status chat_encode(const chat_template *ct, const tokenizer *tok, const chat_message *msgs,
                         size_t n, int add_generation_prompt, tok_ids *ids, ergo_error *err) {
+    if (ct->literal_user_text) { /* message by message (equal: see chat_encode_message) */
+        chat_state cs = {0};
+        ergo_status st = ERGO_OK;
+        for (size_t i = 0; i < n && st == ERGO_OK; i++)
+            st = chat_encode_message(ct, tok, &cs, &msgs[i], ids, err);
+        if (st == ERGO_OK && add_generation_prompt) st = chat_encode_generation_prompt(tok, ids, err);
+        return st;
+    }
     tok_text text = {0};
     ergo_status st = chat_render(ct, msgs, n, add_generation_prompt, 1, &text, err);
     if (st == ERGO_OK) st = tokenizer_encode(tok, text.s, text.n, ids, err);

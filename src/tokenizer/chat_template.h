@@ -42,6 +42,10 @@ typedef struct chat_message {
 
 typedef struct chat_template {
     int add_vision_id; /* "Picture k: " before each image; off unless the caller asks */
+    /* chat_encode*: a user message's text is encoded with special tokens split (a
+     * "<|im_start|>" typed by the user stays text); the template's own stay special.
+     * Off by default (the reference tokenizes the rendered string as a whole). */
+    int literal_user_text;
 } chat_template;
 
 /* Where a conversation stands, for rendering it one message at a time. */

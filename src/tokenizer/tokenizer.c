@@ -526,6 +526,7 @@ typedef struct word_cache {
 
 typedef struct encode_ctx {
     const tokenizer *tok;
+    int split_special;    /* special tokens in the text stay text */
     tok_ids *ids;
     pcre2_match_data *md;
     bpe_scratch bpe;
@@ -587,15 +588,20 @@ static ergo_status on_raw_piece(void *vctx, const char *s, size_t n, int32_t id,
         if (st != ERGO_OK) return st;
         t = c->norm.s ? c->norm.s : "", tn = c->norm.n;
     }
-    return added_split(&c->tok->added, 1, c->tok->settings.split_special_tokens, c->md, t, tn,
-                       on_normalized_piece, c, err);
+    return added_split(&c->tok->added, 1, c->split_special, c->md, t, tn, on_normalized_piece,
+                       c, err);
 }
 
 ergo_status tokenizer_encode(const tokenizer *tok, const char *text, size_t len, tok_ids *ids,
                              ergo_error *err) {
+    return tokenizer_encode_split(tok, text, len, tok->settings.split_special_tokens, ids, err);
+}
+
+ergo_status tokenizer_encode_split(const tokenizer *tok, const char *text, size_t len,
+                                   int split_special, tok_ids *ids, ergo_error *err) {
     size_t bad = utf8_first_invalid((const uint8_t *)text, len);
     if (bad != len) return ergo_fail(err, ERGO_E_ARG, "invalid UTF-8 at byte %zu", bad);
-    encode_ctx c = {.tok = tok, .ids = ids};
+    encode_ctx c = {.tok = tok, .split_special = split_special, .ids = ids};
     c.md = pcre2_match_data_create(1, NULL);
     if (!c.md) return ergo_fail(err, ERGO_E_NOMEM, "out of memory");
     if (len >= CACHE_MIN_TEXT) {
@@ -605,8 +611,8 @@ ergo_status tokenizer_encode(const tokenizer *tok, const char *text, size_t len,
         c.cache.mask = cap - 1;
     }
     /* The raw-text pass: added tokens first, the gaps are normalised and split. */
-    ergo_status st = added_split(&tok->added, 0, tok->settings.split_special_tokens, c.md, text,
-                                 len, on_raw_piece, &c, err);
+    ergo_status st = added_split(&tok->added, 0, split_special, c.md, text, len, on_raw_piece,
+                                 &c, err);
     pcre2_match_data_free(c.md);
     bpe_scratch_free(&c.bpe);
     tok_text_free(&c.norm);

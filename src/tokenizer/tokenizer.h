@@ -80,6 +80,10 @@ const tokenizer_settings *tokenizer_get_settings(const tokenizer *tok);
  * with "invalid UTF-8 at byte N". */
 ergo_status tokenizer_encode(const tokenizer *tok, const char *text, size_t len, tok_ids *ids,
                              ergo_error *err);
+/* The same with split_special_tokens given for this call (1: a special token spelled
+ * in the text stays text, e.g. a user's "<|im_start|>"), not the tokenizer's setting. */
+ergo_status tokenizer_encode_split(const tokenizer *tok, const char *text, size_t len,
+                                   int split_special, tok_ids *ids, ergo_error *err);
 
 /* Appends the text of ids to out, as tokenizer.decode(ids, skip_special_tokens)
  * does: bytes that do not form UTF-8 become U+FFFD (per maximal invalid subpart,
