@@ -425,3 +425,16 @@ void cli_decode_progress_end(cli_decode_progress *d, ergo_status s, size_t token
     if (d->out && isatty(fileno(d->out)) && !progress_quiet() && isatty(2)) fputc('\n', d->out);
     progress_end(&d->p, "%zu tokens, %.2f tokens/s", tokens, ms > 0 ? tokens / (ms / 1e3) : 0.0);
 }
+
+int cli_parse_fixed_tokens(const char *v, int out[3]) {
+    char buf[64];
+    if (strlen(v) >= sizeof buf) return 0;
+    memcpy(buf, v, strlen(v) + 1);
+    char *save = NULL, *tok = strtok_r(buf, ",", &save);
+    for (int i = 0; i < 3; i++, tok = strtok_r(NULL, ",", &save)) {
+        long long n;
+        if (!tok || !cli_parse_long(tok, 0, 1 << 20, &n)) return 0;
+        out[i] = (int)n;
+    }
+    return tok == NULL;
+}

@@ -38,6 +38,9 @@ extern const char cli_kv_help[];
  * that could not be used or written: not a failure). */
 void cli_engine_warning(const char *command, const struct engine *e);
 
+/* --fixed-tokens "S1,S2,B": three counts in [0, 1<<20] into out; 0 when malformed. */
+int cli_parse_fixed_tokens(const char *v, int out[3]);
+
 #endif
 
 /* ---------------------------------------------------------------- options

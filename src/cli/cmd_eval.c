@@ -100,18 +100,6 @@ static int parse_budgets(const char *v, eval_config *c) {
     return c->n_budgets > 0;
 }
 
-static int parse_fixed(const char *v, int out[3]) {
-    char buf[64];
-    if (strlen(v) >= sizeof buf) return 0;
-    memcpy(buf, v, strlen(v) + 1);
-    char *save = NULL, *tok = strtok_r(buf, ",", &save);
-    for (int i = 0; i < 3; i++, tok = strtok_r(NULL, ",", &save)) {
-        long long n;
-        if (!tok || !cli_parse_long(tok, 0, 1 << 20, &n)) return 0;
-        out[i] = (int)n;
-    }
-    return tok == NULL;
-}
 
 static int cmd_merge(int argc, char **argv) {
     eval_config c;
@@ -158,7 +146,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--weights-cache")) weights_cache = v;
         else if (!strcmp(a, "--box-text")) c.run.box_text = v;
         else if (!strcmp(a, "--max-vision-tokens")) ok = parse_budgets(v, &c);
-        else if (!strcmp(a, "--fixed-tokens")) ok = parse_fixed(v, c.run.fixed_tokens);
+        else if (!strcmp(a, "--fixed-tokens")) ok = cli_parse_fixed_tokens(v, c.run.fixed_tokens);
         else if (!strcmp(a, "--limit")) { if ((ok = cli_parse_long(v, 1, INT64_MAX / 2, &n))) c.limit = n; }
         else if (!strcmp(a, "--threads")) ok = cli_parse_long(v, 1, 4096, &threads);
         else if (!strcmp(a, "--concurrency")) { if ((ok = cli_parse_long(v, 1, 1024, &n))) c.concurrency = (int)n; }

@@ -114,19 +114,6 @@ typedef struct options {
     image decoded;            /* --image, decoded and checked before the load */
 } options;
 
-/* "S1,S2,B": three counts in [0, 1<<20]. */
-static int parse_fixed(const char *v, int out[3]) {
-    char buf[64];
-    if (strlen(v) >= sizeof buf) return 0;
-    memcpy(buf, v, strlen(v) + 1);
-    char *save = NULL, *tok = strtok_r(buf, ",", &save);
-    for (int i = 0; i < 3; i++, tok = strtok_r(NULL, ",", &save)) {
-        long long n;
-        if (!tok || !cli_parse_long(tok, 0, 1 << 20, &n)) return 0;
-        out[i] = (int)n;
-    }
-    return tok == NULL;
-}
 
 static void options_free(options *o) {
     image_free(&o->decoded);
@@ -197,7 +184,7 @@ static int parse(options *o, int argc, char **argv, int *code) {
         o->run.fallback = !strcmp(o->fallback_name, "full") ? ERGO_FALLBACK_FULL
                                                             : ERGO_FALLBACK_DOWNSAMPLED;
     }
-    if (o->fixed && !parse_fixed(o->fixed, o->run.fixed_tokens)) {
+    if (o->fixed && !cli_parse_fixed_tokens(o->fixed, o->run.fixed_tokens)) {
         *code = usage_error("--fixed-tokens %.40s: give S1,S2,BASELINE, each 0..1048576", o->fixed);
         return 1;
     }
