@@ -905,7 +905,72 @@ static void test_cli(void) {
     CHECK_EQ_INT(run(cmd, out, errf), 0, "inspect --help");
 }
 
+/* "init": "reference" (make-checkpoint --init): normal(0, initializer_range) weights
+ * and embeddings (mean and std over each large tensor within sampling error), zero
+ * biases, unit norms, a zero padding row; the values differ from the uniform ones. */
+static void test_reference_init(void) {
+    json_t *root = load_fixture("cases/flat_new_f32_tied.json");
+    if (!root) return;
+    json_object_set_new(root, "init", json_string("reference"));
+    json_t *cfg = json_object_get(root, "config");
+    json_object_set_new(cfg, "initializer_range", json_real(0.05));
+    json_object_set_new(cfg, "pad_token_id", json_integer(7));
+    ckpt_case c;
+    ergo_error err = {0};
+    ergo_status s = ckpt_case_parse(&c, root, "init case", &err);
+    json_decref(root);
+    CHECK(s == ERGO_OK, "init case: %s", err.msg);
+    if (s) return;
+    CHECK(c.init_reference == 1 && fabs(c.init_std - 0.05) < 1e-12 && c.pad_row == 7,
+          "init fields: %d %g %lld", c.init_reference, c.init_std, (long long)c.pad_row);
+    model m;
+    s = random_checkpoint_fill(&m, &c, &err);
+    CHECK(s == ERGO_OK, "fill: %s", err.msg);
+    if (s) {
+        ckpt_case_free(&c);
+        return;
+    }
+    int n = weights_spec(&m.config, NULL, NULL);
+    weight_spec *specs = calloc((size_t)n, sizeof *specs);
+    weights_spec(&m.config, specs, &m.weights);
+    int bad = 0, checked = 0;
+    for (int i = 0; i < n; i++) {
+        const weight_spec *sp = &specs[i];
+        const tensor *t = &sp->slot->t;
+        double sum = 0, sq = 0, mx = 0;
+        int64_t start = 0;
+        if (sp->kind == WEIGHT_EMBED) {
+            /* the padding row is zero */
+            for (int64_t j = 0; j < sp->shape[1]; j++)
+                mx = fmax(mx, fabs(tensor_value(t, 7 * sp->shape[1] + j)));
+            if (mx != 0.0) bad++;
+            start = 8 * sp->shape[1];
+        }
+        for (int64_t j = start; j < sp->numel; j++) {
+            double v = tensor_value(t, j);
+            sum += v, sq += v * v;
+            if (sp->kind == WEIGHT_BIAS && v != 0.0) bad++;
+            if (sp->kind == WEIGHT_NORM && v != 1.0) bad++;
+        }
+        const double cnt = (double)(sp->numel - start);
+        if ((sp->kind == WEIGHT_MATRIX || sp->kind == WEIGHT_EMBED) && cnt >= 4096) {
+            const double mean = sum / cnt, sd = sqrt(sq / cnt - mean * mean);
+            /* 6 standard errors of the mean and of the std of a normal sample */
+            const double se = 0.05 / sqrt(cnt);
+            CHECK(fabs(mean) < 6 * se && fabs(sd - 0.05) < 6 * se * 0.7072,
+                  "%s: mean %g std %g over %.0f values (want 0, 0.05)", sp->name, mean, sd, cnt);
+            checked++;
+        }
+    }
+    CHECK(bad == 0, "reference init: %d biases/norms/padding values not 0/1/0", bad);
+    CHECK(checked >= 4, "reference init: only %d tensors large enough to check", checked);
+    free(specs);
+    model_free(&m);
+    ckpt_case_free(&c);
+}
+
 void test_checkpoint(void) {
+    test_reference_init();
     test_spec_7b();
     test_cases();
     test_bad_configs();

@@ -15,20 +15,28 @@
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: ergo make-checkpoint --case CASE.json --out DIR [--tokenizer DIR]\n"
-            "       ergo make-checkpoint --preset 7b [--text-layers N] [--vision-layers N]\n"
-            "                            [--seed S] --out DIR [--tokenizer DIR]\n"
+            "usage: ergo make-checkpoint --case CASE.json --out DIR [--init] [--tokenizer DIR]\n"
+            "       ergo make-checkpoint --preset 7b|3b [--text-layers N] [--vision-layers N]\n"
+            "                            [--seed S] [--init] --out DIR [--tokenizer DIR]\n"
+            "       ergo make-checkpoint --preset tiny-a|tiny-b [--seed S] --out DIR\n"
+            "                            [--tokenizer DIR]\n"
             "\n"
             "Writes config.json, generation_config.json and safetensors weights generated from\n"
             "the seed of a case description (tests/fixtures/checkpoints/cases/*.json), or for\n"
-            "the real 7B widths with the given depths (default 28 text layers, 32 vision\n"
+            "the real 7B / 3B widths with the given depths (default 28 text layers, 32 vision\n"
             "blocks; BF16, flat config, legacy names). --tokenizer copies tokenizer files.\n"
-            "--vision-depth is an alias of --vision-layers (as `ergo bench model` names it).\n");
+            "--vision-depth is an alias of --vision-layers (as `ergo bench model` names it).\n"
+            "\n"
+            "--init writes a freshly initialised model to train from scratch instead of test\n"
+            "weights: the reference's initialisation (normal(0, initializer_range) weights and\n"
+            "embeddings, zero biases, unit norms). The tiny-a / tiny-b presets are the small\n"
+            "models trained here (text hidden 256 / 384, real vocabulary, F32) and always use it.\n");
 }
 
 int cmd_make_checkpoint(int argc, char **argv) {
     const char *case_path = NULL, *preset = NULL, *out = NULL, *tok = NULL;
     long long text_layers = 28, vision_layers = 32, seed = 7;
+    int init = 0;
     const cli_opt opts[] = {
         {"case", 0, CLI_STR, &case_path, NULL, 0, 0, 0, 0, NULL},
         {"preset", 0, CLI_STR, &preset, NULL, 0, 0, 0, 0, NULL},
@@ -37,6 +45,7 @@ int cmd_make_checkpoint(int argc, char **argv) {
         {"text-layers", 0, CLI_INT, &text_layers, NULL, 1, 1000, 0, 0, NULL},
         {"vision-layers", 0, CLI_INT, &vision_layers, "vision-depth", 1, 1000, 0, 0, NULL},
         {"seed", 's', CLI_INT, &seed, NULL, 0, INT64_MAX, 0, 0, NULL},
+        {"init", 0, CLI_FLAG, &init, NULL, 0, 0, 0, 0, NULL},
     };
     int rc = cli_parse("make-checkpoint", opts, (int)(sizeof opts / sizeof opts[0]), argc, argv);
     if (rc == CLI_HELP) {
@@ -45,14 +54,23 @@ int cmd_make_checkpoint(int argc, char **argv) {
     }
     if (rc) return rc;
     if (!out || (!case_path == !preset))
-        return cli_usage_error("make-checkpoint", "%s", "give --out DIR and either --case FILE or --preset 7b");
-    if (preset && strcmp(preset, "7b") != 0)
-        return cli_usage_error("make-checkpoint", "--preset %.40s: only 7b is known", preset);
+        return cli_usage_error("make-checkpoint", "%s",
+                               "give --out DIR and either --case FILE or --preset NAME");
+    static const char *const presets[] = {"7b", "3b", "tiny-a", "tiny-b"};
+    int which = -1;
+    for (int i = 0; preset && i < 4; i++)
+        if (!strcmp(preset, presets[i])) which = i;
+    if (preset && which < 0)
+        return cli_usage_error("make-checkpoint", "--preset %.40s: known presets are 7b, 3b, "
+                               "tiny-a and tiny-b", preset);
     ergo_error err = {0};
     ckpt_case c;
-    ergo_status s = case_path ? ckpt_case_load(&c, case_path, &err)
-                              : ckpt_case_7b(&c, (int)text_layers, (int)vision_layers,
-                                             (uint64_t)seed, &err);
+    ergo_status s;
+    if (case_path) s = ckpt_case_load(&c, case_path, &err);
+    else if (which == 0) s = ckpt_case_7b(&c, (int)text_layers, (int)vision_layers, (uint64_t)seed, &err);
+    else if (which == 1) s = ckpt_case_3b(&c, (int)text_layers, (int)vision_layers, (uint64_t)seed, &err);
+    else s = ckpt_case_tiny(&c, which == 2 ? 'a' : 'b', (uint64_t)seed, &err);
+    if (!s && init) ckpt_case_set_reference_init(&c);
     if (s) {
         fprintf(stderr, "ergo make-checkpoint: %s\n", err.msg);
         return 1;

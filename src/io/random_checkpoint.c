@@ -63,7 +63,31 @@ static inline float gen_value(uint64_t stream, int64_t i, float scale, int is_no
     return is_norm ? 1.0f + v : v;
 }
 
+/* A standard normal from values 2i and 2i + 1 of a stream (Box-Muller, in double:
+ * u1 in (0, 1] so the log is finite). */
+static inline double gen_normal(uint64_t stream, int64_t i) {
+    const double u1 = ((double)(rng_u64(stream, 2 * (uint64_t)i) >> 11) + 1.0) * 0x1p-53;
+    const double u2 = (double)(rng_u64(stream, 2 * (uint64_t)i + 1) >> 11) * 0x1p-53;
+    return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
+}
+
+/* _init_weights: normal(0, std) for weights and the embedding (its padding row 0),
+ * zero biases, unit norms. */
+static inline float init_value(const ckpt_case *c, const weight_spec *sp, uint64_t stream,
+                               int64_t i) {
+    switch (sp->kind) {
+    case WEIGHT_BIAS: return 0.0f;
+    case WEIGHT_NORM: return 1.0f;
+    case WEIGHT_EMBED:
+        if (c->pad_row >= 0 && i / sp->shape[1] == c->pad_row) return 0.0f;
+        break;
+    default: break;
+    }
+    return (float)(gen_normal(stream, i) * c->init_std);
+}
+
 float random_weight_f32(const ckpt_case *c, const weight_spec *sp, uint64_t stream, int64_t i) {
+    if (c->init_reference) return init_value(c, sp, stream, i);
     return gen_value(stream, i, spec_scale(c, sp), sp->kind == WEIGHT_NORM);
 }
 
@@ -76,7 +100,8 @@ static void gen_fill(const ckpt_case *c, const weight_spec *sp, dtype dt, int64_
     /* values depend only on (seed, name, index): threads cannot change them */
 #pragma omp parallel for schedule(static) if (count > (1 << 16))
     for (int64_t k = 0; k < count; k++) {
-        float v = gen_value(stream, start + k, scale, is_norm);
+        float v = c->init_reference ? init_value(c, sp, stream, start + k)
+                                    : gen_value(stream, start + k, scale, is_norm);
         if (dt == DTYPE_F32) ((float *)out)[k] = v;
         else if (dt == DTYPE_BF16) ((uint16_t *)out)[k] = f32_to_bf16_one(v);
         else ((uint16_t *)out)[k] = f32_to_f16_one(v);
@@ -99,6 +124,22 @@ void ckpt_case_free(ckpt_case *c) {
     if (c->config) json_decref(c->config);
     if (c->generation) json_decref(c->generation);
     memset(c, 0, sizeof *c);
+}
+
+/* initializer_range and pad_token_id as the reference reads them: the top level of
+ * config.json, else its text_config (the nested layout). */
+static void init_fields(ckpt_case *c) {
+    c->init_std = 0.02;
+    c->pad_row = -1;
+    const json_t *tc = json_object_get(c->config, "text_config");
+    const json_t *r = json_object_get(c->config, "initializer_range");
+    if (!json_is_number(r) && json_is_object(tc)) r = json_object_get(tc, "initializer_range");
+    if (json_is_number(r) && json_number_value(r) > 0) c->init_std = json_number_value(r);
+    const json_t *p = json_object_get(c->config, "pad_token_id");
+    if (!json_is_integer(p) && json_is_object(tc)) p = json_object_get(tc, "pad_token_id");
+    if (json_is_integer(p) && json_integer_value(p) >= 0 &&
+        json_integer_value(p) < c->parsed.text.vocab_size)
+        c->pad_row = json_integer_value(p);
 }
 
 ergo_status ckpt_case_parse(ckpt_case *c, const json_t *root, const char *what, ergo_error *err) {
@@ -161,6 +202,15 @@ ergo_status ckpt_case_parse(ckpt_case *c, const json_t *root, const char *what, 
             if ((s = json_opt_number(sc, scale_keys[k], &c->scale[k], what, err))) return s;
     }
 
+    const json_t *in = json_object_get(root, "init");
+    if (in && !json_is_null(in)) {
+        const char *iv = json_is_string(in) ? json_string_value(in) : "";
+        if (!strcmp(iv, "reference")) c->init_reference = 1;
+        else if (strcmp(iv, "uniform"))
+            return ergo_fail(err, ERGO_E_FORMAT, "%s: init must be \"uniform\" or \"reference\"",
+                             what);
+    }
+
     const json_t *gc = json_object_get(root, "generation_config");
     if (gc && !json_is_null(gc)) {
         if (!json_is_object(gc))
@@ -184,6 +234,7 @@ ergo_status ckpt_case_parse(ckpt_case *c, const json_t *root, const char *what, 
         return ergo_fail(err, ERGO_E_FORMAT, "%s: config_layout says %s but config is %s", what, cl,
                          c->parsed.layout == CONFIG_FLAT ? "flat" : "nested");
     }
+    init_fields(c);
     return ERGO_OK;
 }
 
@@ -257,6 +308,58 @@ ergo_status ckpt_case_7b(ckpt_case *c, int text_layers, int vision_depth, uint64
 ergo_status ckpt_case_3b(ckpt_case *c, int text_layers, int vision_depth, uint64_t seed,
                          ergo_error *err) {
     return case_real(c, 1, text_layers, vision_depth, seed, err);
+}
+
+void ckpt_case_set_reference_init(ckpt_case *c) {
+    c->init_reference = 1;
+    init_fields(c);
+}
+
+ergo_status ckpt_case_tiny(ckpt_case *c, char variant, uint64_t seed, ergo_error *err) {
+    memset(c, 0, sizeof *c);
+    if (variant != 'a' && variant != 'b')
+        return ergo_fail(err, ERGO_E_ARG, "tiny model variant '%c': a or b", variant);
+    const int b = variant == 'b';
+    model_config cfg;
+    model_config_7b(&cfg);
+    text_config *t = &cfg.text;
+    t->hidden = b ? 384 : 256;
+    t->n_layers = b ? 6 : 4;
+    t->n_heads = b ? 6 : 4;
+    t->n_kv_heads = 2;
+    t->head_dim = 64;
+    t->ffn = b ? 1152 : 768;
+    t->mrope_section[0] = 8, t->mrope_section[1] = 12, t->mrope_section[2] = 12;
+    t->tie_word_embeddings = 1;
+    vision_config *v = &cfg.vision;
+    v->hidden = b ? 192 : 128;
+    v->depth = b ? 6 : 4;
+    v->n_heads = b ? 3 : 2;
+    v->head_dim = 64;
+    v->ffn = b ? 512 : 256;
+    v->out_hidden = t->hidden;
+    v->n_full_attn = 2;
+    v->full_attn_blocks[0] = b ? 2 : 1;
+    v->full_attn_blocks[1] = b ? 5 : 3;
+    snprintf(c->name, sizeof c->name, "tiny-%c", variant);
+    c->seed = seed;
+    c->config_layout = CONFIG_FLAT;
+    c->name_layout = NAMES_LEGACY;
+    c->n_shards = 1;
+    c->init_reference = 1;
+    for (int k = 0; k < WEIGHT_KIND_COUNT; k++) c->dtypes[k] = DTYPE_F32;
+    for (int k = 0; k < SCALE_COUNT; k++) c->scale[k] = 1.0;
+    c->config = model_config_to_json(&cfg, CONFIG_FLAT, 0);
+    json_object_set_new(c->config, "torch_dtype", json_string("float32"));
+    c->generation = json_pack("{s:i, s:i, s:[i,i]}", "bos_token_id", 151643, "pad_token_id",
+                              151643, "eos_token_id", 151645, 151643);
+    ergo_status s = model_config_parse(&c->parsed, c->config, c->name, err);
+    if (s) {
+        ckpt_case_free(c);
+        return s;
+    }
+    init_fields(c);
+    return ERGO_OK;
 }
 
 /* ---- writing ---- */

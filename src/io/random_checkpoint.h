@@ -20,10 +20,18 @@
  * "scale" object (1.0 when absent); f32(x) rounds a double to float32. Rounding
  * to BF16 / F16 is round-to-nearest-even, as torch's .to(bfloat16).
  *
+ * With "init": "reference" the case is a freshly initialised model for training
+ * from scratch instead, drawn as the reference's _init_weights draws it (the
+ * distribution, not torch's bits): every linear / conv weight, the embedding and an
+ * untied head ~ normal(0, initializer_range) (Box-Muller on values 2i and 2i + 1 of
+ * the tensor's stream), biases 0, RMSNorm weights 1, and the embedding's
+ * pad_token_id row 0 when config.json names one. "scale" does not apply.
+ *
  * Case JSON:
  *   {"name": "...", "seed": 1234, "config_layout": "flat"|"nested",
  *    "name_layout": "legacy"|"new", "shards": 1,
  *    "dtype": "bf16" | {"default": "bf16", "norm": "f32", "bias": "f32", ...},
+ *    "init": "uniform" (default) | "reference",
  *    "scale": {"embed": 1, "lm_head": 1, "text_matrix": 1, "text_bias": 1, "text_norm": 1,
  *              "vision_matrix": 1, "vision_bias": 1, "vision_norm": 1},
  *    "generation_config": {...} | null (no generation_config.json),
@@ -65,6 +73,9 @@ typedef struct ckpt_case {
     int n_shards;                 /* 1 = model.safetensors, else an index + shards */
     dtype dtypes[WEIGHT_KIND_COUNT]; /* storage dtype per kind (BF16, F16 or F32) */
     double scale[SCALE_COUNT];
+    int init_reference;           /* "init": "reference" (see above) */
+    double init_std;              /* config's initializer_range (0.02 when absent) */
+    int64_t pad_row;              /* config's pad_token_id, -1 when absent */
     json_t *config;               /* config.json content (owned) */
     json_t *generation;           /* generation_config.json content, NULL = no file (owned) */
     model_config parsed;          /* config parsed and validated */
@@ -85,6 +96,16 @@ ergo_status ckpt_case_7b(ckpt_case *c, int text_layers, int vision_depth, uint64
  * 151936, tied embeddings; vision as 7B with out_hidden 2048). */
 ergo_status ckpt_case_3b(ckpt_case *c, int text_layers, int vision_depth, uint64_t seed,
                          ergo_error *err);
+/* The tiny models trained from scratch here (training.md section 5.7): variant 'a'
+ * (text hidden 256, 4 layers, 4 x 64 heads, 2 kv, ffn 768; vision hidden 128, depth
+ * 4, 2 x 64 heads, ffn 256, full attention in blocks 1 and 3) or 'b' (384, 6 layers,
+ * 6 x 64, ffn 1152; vision 192, depth 6, 3 x 64, ffn 512, full in 2 and 5), with the
+ * real vocabulary (152064, tied embeddings), F32 storage and "init": "reference". */
+ergo_status ckpt_case_tiny(ckpt_case *c, char variant, uint64_t seed, ergo_error *err);
+
+/* Switches a case to "init": "reference" (make-checkpoint --init). */
+void ckpt_case_set_reference_init(ckpt_case *c);
+
 /* The generator's value of element i of one parameter, as float32 before rounding. */
 float random_weight_f32(const ckpt_case *c, const weight_spec *sp, uint64_t stream, int64_t i);
 
