@@ -1,0 +1,654 @@
+/*
+ * attn_train.c - attention for training (see attn_train.h): the naive definitions,
+ * the tiled forward that saves each row's log-sum-exp, and FlashAttention-2's
+ * backward (training.md section 2.2, arXiv 2307.08691 algorithm 2), scores
+ * recomputed tile by tile from the lse.
+ *
+ * One tile driver for every ISA; what differs per ISA is a small table of
+ * micro-kernels (at_ops): a 4-row register-blocked product, the row-wise softmax
+ * pieces and the exp. ISA_REF runs the driver with scalar micro-kernels (the tiled
+ * algorithm in plain C, tested like the SIMD one); AVX2 (and AVX-512 CPUs, which
+ * run the AVX2 table: no AVX-512 variant yet) the vectorised ones when Dh is a
+ * multiple of 8, else the scalar ones.
+ *
+ * Dimension letters: N = rows, H = query heads, KV = kv heads, Dh = head dim,
+ * rep = H / KV; BQ, BK = query and key tile (64 each, both grids counted from the
+ * start of each span, so causal tiles line up with the diagonal).
+ *
+ * Determinism: the forward and dQ run one work item per (span, head, query tile),
+ * dK/dV one per (span, kv head, key tile); each item owns its outputs and sums
+ * in a fixed order (heads, then query tiles, ascending), so no float atomics and
+ * the bits do not depend on the number of threads or the schedule. The price of
+ * not sharing dS between the two passes: the backward recomputes S, P and dP
+ * twice (7 tile products instead of FlashAttention-2's 5).
+ */
+#include "attn_train.h"
+
+#include <immintrin.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "base/status.h"
+#include "kernels/attention.h"
+#include "kernels/kernels.h"
+
+#define BQ 64         /* query rows per tile */
+#define BK ATTN_KTILE /* keys per tile (64) */
+
+_Static_assert(BQ % 4 == 0 && BK % 16 == 0, "attn_train.c: tiles are blocks of 4 rows, 16 keys");
+
+static int span_count(const attn_train_args *a) { return a->spans ? a->n_spans : 1; }
+
+static void span_get(const attn_train_args *a, int s, int *start, int *len) {
+    if (a->spans) {
+        *start = a->spans[2 * s];
+        *len = a->spans[2 * s + 1];
+    } else {
+        *start = 0;
+        *len = a->n;
+    }
+}
+
+/* ---- the naive definitions: one query row against all its keys, in double ---- */
+
+void attn_train_forward_ref(const attn_train_args *a, float *out, float *lse, const float *q,
+                            const float *k, const float *v) {
+    const int n = a->n, H = a->heads, KV = a->kv_heads, dh = a->dh, rep = H / KV;
+    const size_t ldq = (size_t)H * dh, ldk = (size_t)KV * dh;
+    double *s = malloc(sizeof(double) * (size_t)(n > 0 ? n : 1)); /* (span) scores, then p */
+    double *acc = malloc(sizeof(double) * (size_t)dh);            /* (Dh) */
+    ERGO_ASSERT(s && acc);
+    for (int sp = 0; sp < span_count(a); sp++) {
+        int s0, len;
+        span_get(a, sp, &s0, &len);
+        for (int i = s0; i < s0 + len; i++) {
+            const int lim = a->causal ? i + 1 : s0 + len; /* keys [s0, lim) */
+            for (int h = 0; h < H; h++) {
+                const float *qi = q + (size_t)i * ldq + (size_t)h * dh;
+                const size_t kof = (size_t)(h / rep) * dh;
+                double mx = -(double)INFINITY, sum = 0;
+                for (int j = s0; j < lim; j++) {
+                    const float *kj = k + (size_t)j * ldk + kof;
+                    double dot = 0;
+                    for (int d = 0; d < dh; d++) dot += (double)qi[d] * (double)kj[d];
+                    s[j - s0] = dot * (double)a->scale;
+                    if (s[j - s0] > mx) mx = s[j - s0];
+                }
+                for (int d = 0; d < dh; d++) acc[d] = 0;
+                for (int j = s0; j < lim; j++) {
+                    const double p = exp(s[j - s0] - mx);
+                    const float *vj = v + (size_t)j * ldk + kof;
+                    sum += p;
+                    for (int d = 0; d < dh; d++) acc[d] += p * (double)vj[d];
+                }
+                for (int d = 0; d < dh; d++) out[(size_t)i * ldq + (size_t)h * dh + d] = (float)(acc[d] / sum);
+                lse[(size_t)h * n + i] = (float)(mx + log(sum));
+            }
+        }
+    }
+    free(s);
+    free(acc);
+}
+
+/* P = exp(S scale - lse) from the saved lse, D = dO . O from the saved output (what
+ * the tiled backward uses: the gradient of the forward that produced them) */
+void attn_train_backward_ref(const attn_train_args *a, float *dq, float *dk, float *dv,
+                             const float *dout, const float *q, const float *k,
+                             const float *v, const float *out, const float *lse) {
+    const int n = a->n, H = a->heads, KV = a->kv_heads, dh = a->dh, rep = H / KV;
+    const size_t ldq = (size_t)H * dh, ldk = (size_t)KV * dh;
+    const double scale = (double)a->scale;
+    double *dkd = calloc((size_t)n * ldk + 1, sizeof(double)); /* (N, KV*Dh) */
+    double *dvd = calloc((size_t)n * ldk + 1, sizeof(double)); /* (N, KV*Dh) */
+    double *dqd = malloc(sizeof(double) * (size_t)dh);         /* (Dh) */
+    ERGO_ASSERT(dkd && dvd && dqd);
+    for (int sp = 0; sp < span_count(a); sp++) {
+        int s0, len;
+        span_get(a, sp, &s0, &len);
+        for (int i = s0; i < s0 + len; i++) {
+            const int lim = a->causal ? i + 1 : s0 + len;
+            for (int h = 0; h < H; h++) {
+                const size_t qof = (size_t)i * ldq + (size_t)h * dh, kof = (size_t)(h / rep) * dh;
+                const float *qi = q + qof, *doi = dout + qof, *oi = out + qof;
+                double D = 0;
+                for (int d = 0; d < dh; d++) D += (double)doi[d] * (double)oi[d];
+                const double L = (double)lse[(size_t)h * n + i];
+                for (int d = 0; d < dh; d++) dqd[d] = 0;
+                for (int j = s0; j < lim; j++) {
+                    const float *kj = k + (size_t)j * ldk + kof, *vj = v + (size_t)j * ldk + kof;
+                    double s = 0, dp = 0;
+                    for (int d = 0; d < dh; d++) {
+                        s += (double)qi[d] * (double)kj[d];
+                        dp += (double)doi[d] * (double)vj[d];
+                    }
+                    const double p = exp(s * scale - L), ds = p * (dp - D);
+                    double *dkj = dkd + (size_t)j * ldk + kof, *dvj = dvd + (size_t)j * ldk + kof;
+                    for (int d = 0; d < dh; d++) {
+                        dqd[d] += ds * (double)kj[d];
+                        dkj[d] += ds * scale * (double)qi[d];
+                        dvj[d] += p * (double)doi[d];
+                    }
+                }
+                for (int d = 0; d < dh; d++) dq[qof + d] = (float)(dqd[d] * scale);
+            }
+        }
+    }
+    for (size_t e = 0; e < (size_t)n * ldk; e++) {
+        dk[e] = (float)dkd[e];
+        dv[e] = (float)dvd[e];
+    }
+    free(dkd);
+    free(dvd);
+    free(dqd);
+}
+
+/* ---- micro-kernels: scalar and AVX2 ---- */
+
+typedef struct at_ops {
+    /* rows r < 4: c[r][0..nc) = (accum ? c[r] : 0) + sum_{k < kd} a[r][k*acs] * b[k*ldb + 0..nc)
+     * (the sum over k formed first, then added); nc a multiple of 8 in the SIMD table */
+    void (*mm4)(float *const c[4], const float *const a[4], size_t acs, const float *b,
+                size_t ldb, int kd, int nc, int accum);
+    /* forward, one score row (BK): s = s * scale, keys >= nv masked, the online max m
+     * and sum l updated, s replaced by p = exp(s - m); returns the factor
+     * exp(old m - new m) the row's accumulator must be multiplied by */
+    float (*fwd_row)(float *s, int nv, float scale, float *m, float *l);
+    /* backward, one score row (BK): s = exp(s * scale - lse), keys >= nv: 0 */
+    void (*bwd_p)(float *s, int nv, float scale, float lse);
+    /* dp (BK) = p (dp - D) (dS from dP) */
+    void (*bwd_ds)(float *dp, const float *p, float D);
+    float (*dot)(const float *x, const float *y, int n);
+    void (*scale)(float *y, const float *x, int n, float c); /* y = x * c */
+} at_ops;
+
+static void mm4_scalar(float *const c[4], const float *const a[4], size_t acs, const float *b,
+                       size_t ldb, int kd, int nc, int accum) {
+    for (int r = 0; r < 4; r++)
+        for (int col = 0; col < nc; col++) {
+            float sum = 0.0f;
+            for (int kk = 0; kk < kd; kk++) sum += a[r][(size_t)kk * acs] * b[(size_t)kk * ldb + col];
+            c[r][col] = accum ? c[r][col] + sum : sum;
+        }
+}
+
+static float fwd_row_scalar(float *s, int nv, float scale, float *m, float *l) {
+    if (nv <= 0) { /* past this row's causal limit: p = 0, nothing changes */
+        memset(s, 0, sizeof(float) * BK);
+        return 1.0f;
+    }
+    float mt = -INFINITY;
+    for (int j = 0; j < BK; j++) {
+        s[j] = j < nv ? s[j] * scale : -INFINITY;
+        if (s[j] > mt) mt = s[j];
+    }
+    const float mold = *m, mnew = mt > mold ? mt : mold;
+    float sum = 0.0f;
+    for (int j = 0; j < BK; j++) {
+        s[j] = expf(s[j] - mnew);
+        sum += s[j];
+    }
+    const float corr = expf(mold - mnew); /* 0 on the first tile */
+    *l = *l * corr + sum;
+    *m = mnew;
+    return corr;
+}
+
+static void bwd_p_scalar(float *s, int nv, float scale, float lse) {
+    for (int j = 0; j < BK; j++) s[j] = j < nv ? expf(s[j] * scale - lse) : 0.0f;
+}
+
+static void bwd_ds_scalar(float *dp, const float *p, float D) {
+    for (int j = 0; j < BK; j++) dp[j] = p[j] * (dp[j] - D);
+}
+
+static float dot_scalar(const float *x, const float *y, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += x[i] * y[i];
+    return s;
+}
+
+static void scale_scalar(float *y, const float *x, int n, float c) {
+    for (int i = 0; i < n; i++) y[i] = x[i] * c;
+}
+
+static const at_ops ops_scalar = {mm4_scalar,   fwd_row_scalar, bwd_p_scalar,
+                                  bwd_ds_scalar, dot_scalar,     scale_scalar};
+
+#define T256 __attribute__((target("avx2,fma")))
+
+T256 static inline __m256 mask_lt256(__m256 x, int n, __m256 fill) { /* lanes >= n -> fill */
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx));
+    return _mm256_blendv_ps(fill, x, keep);
+}
+
+T256 static inline float hmax256(__m256 x) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+T256 static inline float hsum256(__m256 x) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 4 rows x 16 columns per block (8 accumulators: two FMA pipes of latency 4 kept
+ * busy), then an 8-column tail */
+T256 static void mm4_avx2(float *const c[4], const float *const a[4], size_t acs, const float *b,
+                          size_t ldb, int kd, int nc, int accum) {
+    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
+    int n0 = 0;
+    for (; n0 + 16 <= nc; n0 += 16) {
+        __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
+               c30 = c00, c31 = c00;
+        const float *bp = b + n0;
+        size_t ak = 0;
+        for (int kk = 0; kk < kd; kk++, bp += ldb, ak += acs) {
+            const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
+            __m256 x = _mm256_broadcast_ss(a0 + ak);
+            c00 = _mm256_fmadd_ps(x, b0, c00);
+            c01 = _mm256_fmadd_ps(x, b1, c01);
+            x = _mm256_broadcast_ss(a1 + ak);
+            c10 = _mm256_fmadd_ps(x, b0, c10);
+            c11 = _mm256_fmadd_ps(x, b1, c11);
+            x = _mm256_broadcast_ss(a2 + ak);
+            c20 = _mm256_fmadd_ps(x, b0, c20);
+            c21 = _mm256_fmadd_ps(x, b1, c21);
+            x = _mm256_broadcast_ss(a3 + ak);
+            c30 = _mm256_fmadd_ps(x, b0, c30);
+            c31 = _mm256_fmadd_ps(x, b1, c31);
+        }
+        if (accum) {
+            c00 = _mm256_add_ps(_mm256_loadu_ps(c[0] + n0), c00);
+            c01 = _mm256_add_ps(_mm256_loadu_ps(c[0] + n0 + 8), c01);
+            c10 = _mm256_add_ps(_mm256_loadu_ps(c[1] + n0), c10);
+            c11 = _mm256_add_ps(_mm256_loadu_ps(c[1] + n0 + 8), c11);
+            c20 = _mm256_add_ps(_mm256_loadu_ps(c[2] + n0), c20);
+            c21 = _mm256_add_ps(_mm256_loadu_ps(c[2] + n0 + 8), c21);
+            c30 = _mm256_add_ps(_mm256_loadu_ps(c[3] + n0), c30);
+            c31 = _mm256_add_ps(_mm256_loadu_ps(c[3] + n0 + 8), c31);
+        }
+        _mm256_storeu_ps(c[0] + n0, c00);
+        _mm256_storeu_ps(c[0] + n0 + 8, c01);
+        _mm256_storeu_ps(c[1] + n0, c10);
+        _mm256_storeu_ps(c[1] + n0 + 8, c11);
+        _mm256_storeu_ps(c[2] + n0, c20);
+        _mm256_storeu_ps(c[2] + n0 + 8, c21);
+        _mm256_storeu_ps(c[3] + n0, c30);
+        _mm256_storeu_ps(c[3] + n0 + 8, c31);
+    }
+    for (; n0 < nc; n0 += 8) {
+        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
+        const float *bp = b + n0;
+        size_t ak = 0;
+        for (int kk = 0; kk < kd; kk++, bp += ldb, ak += acs) {
+            const __m256 b0 = _mm256_loadu_ps(bp);
+            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + ak), b0, c0);
+            c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a1 + ak), b0, c1);
+            c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a2 + ak), b0, c2);
+            c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a3 + ak), b0, c3);
+        }
+        if (accum) {
+            c0 = _mm256_add_ps(_mm256_loadu_ps(c[0] + n0), c0);
+            c1 = _mm256_add_ps(_mm256_loadu_ps(c[1] + n0), c1);
+            c2 = _mm256_add_ps(_mm256_loadu_ps(c[2] + n0), c2);
+            c3 = _mm256_add_ps(_mm256_loadu_ps(c[3] + n0), c3);
+        }
+        _mm256_storeu_ps(c[0] + n0, c0);
+        _mm256_storeu_ps(c[1] + n0, c1);
+        _mm256_storeu_ps(c[2] + n0, c2);
+        _mm256_storeu_ps(c[3] + n0, c3);
+    }
+}
+
+T256 static float fwd_row_avx2(float *s, int nv, float scale, float *m, float *l) {
+    if (nv <= 0) {
+        memset(s, 0, sizeof(float) * BK);
+        return 1.0f;
+    }
+    const __m256 sc = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 mx = ninf;
+    for (int j = 0; j < BK; j += 8) {
+        const __m256 x = mask_lt256(_mm256_mul_ps(_mm256_loadu_ps(s + j), sc), nv - j, ninf);
+        _mm256_storeu_ps(s + j, x);
+        mx = _mm256_max_ps(mx, x);
+    }
+    const float mt = hmax256(mx), mold = *m, mnew = mt > mold ? mt : mold;
+    const __m256 mv = _mm256_set1_ps(mnew);
+    for (int j = 0; j < BK; j += 8) _mm256_storeu_ps(s + j, _mm256_sub_ps(_mm256_loadu_ps(s + j), mv));
+    exp_f32_avx2(s, s, BK);
+    __m256 sum = _mm256_setzero_ps();
+    for (int j = 0; j < BK; j += 8) sum = _mm256_add_ps(sum, _mm256_loadu_ps(s + j));
+    const float corr = expf(mold - mnew);
+    *l = *l * corr + hsum256(sum);
+    *m = mnew;
+    return corr;
+}
+
+T256 static void bwd_p_avx2(float *s, int nv, float scale, float lse) {
+    const __m256 sc = _mm256_set1_ps(scale), lv = _mm256_set1_ps(lse),
+                 ninf = _mm256_set1_ps(-INFINITY);
+    for (int j = 0; j < BK; j += 8)
+        _mm256_storeu_ps(s + j, mask_lt256(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(s + j), sc), lv),
+                                           nv - j, ninf));
+    exp_f32_avx2(s, s, BK); /* exp(-inf) = 0 */
+}
+
+T256 static void bwd_ds_avx2(float *dp, const float *p, float D) {
+    const __m256 dv = _mm256_set1_ps(D);
+    for (int j = 0; j < BK; j += 8)
+        _mm256_storeu_ps(dp + j, _mm256_mul_ps(_mm256_loadu_ps(p + j),
+                                               _mm256_sub_ps(_mm256_loadu_ps(dp + j), dv)));
+}
+
+T256 static float dot_avx2(const float *x, const float *y, int n) { /* n % 8 == 0 */
+    __m256 s = _mm256_setzero_ps();
+    for (int i = 0; i < n; i += 8) s = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), s);
+    return hsum256(s);
+}
+
+T256 static void scale_avx2(float *y, const float *x, int n, float c) { /* n % 8 == 0 */
+    const __m256 cv = _mm256_set1_ps(c);
+    for (int i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), cv));
+}
+
+static const at_ops ops_avx2 = {mm4_avx2, fwd_row_avx2, bwd_p_avx2, bwd_ds_avx2, dot_avx2, scale_avx2};
+
+/* The table for kern's ISA (kernels_init's choice; tests set kern per ISA). */
+static const at_ops *ops_pick(int dh) {
+    if (kern.isa >= ISA_AVX2 && dh % 8 == 0) return &ops_avx2;
+    return &ops_scalar;
+}
+
+/* ---- the tile driver ---- */
+
+/* What every tile function reads. */
+typedef struct at_ctx {
+    const attn_train_args *a;
+    const at_ops *o;
+    int n, H, KV, dh, rep;
+    size_t ldq, ldk;    /* H*Dh, KV*Dh */
+    const float *kt;    /* (KV, Dh, ldt) K^T, columns >= N zero */
+    const float *vt;    /* (KV, Dh, ldt) V^T (backward only) */
+    size_t ldt;
+} at_ctx;
+
+/* K^T of every kv head: t (KV, Dh, ldt) from x (N, KV*Dh); columns [N, ldt) zero so
+ * that the last tile of a span can be read whole. Threaded over (kv head, 64 rows). */
+static void transpose_heads(float *t, const float *x, int n, int KV, int dh, size_t ldt) {
+    const int nb = (n + 63) / 64;
+#pragma omp parallel for schedule(static)
+    for (int it = 0; it < KV * nb; it++) {
+        const int g = it / nb, j0 = (it % nb) * 64, j1 = j0 + 64 < n ? j0 + 64 : n;
+        for (int d = 0; d < dh; d++) {
+            float *td = t + ((size_t)g * dh + d) * ldt;
+            for (int j = j0; j < j1; j++) td[j] = x[(size_t)j * KV * dh + (size_t)g * dh + d];
+            if (j1 == n)
+                for (size_t j = (size_t)n; j < ldt; j++) td[j] = 0.0f;
+        }
+    }
+}
+
+/* Columns of the transposed copies: a tile starting at any key < N is read whole
+ * (N - 1 + BK), and rows a multiple of 1 KiB apart would share L1 sets. */
+static size_t transposed_ld(int n) {
+    size_t ld = ((size_t)n + BK - 1 + 15) / 16 * 16;
+    if (ld % 256 == 0) ld += 16;
+    return ld;
+}
+
+/* S (BQ, BK) = Q rows [r0 ..) of head h (nq valid; the spare rows repeat the last)
+ * times the K^T (or V^T) tile at column c0 of kv head g. */
+static void tile_scores(const at_ctx *c, float *S, const float *qs, size_t ldq, int nq,
+                        const float *xt, int g, int c0) {
+    const float *bt = xt + (size_t)g * c->dh * c->ldt + c0;
+    for (int r0 = 0; r0 < nq; r0 += 4) {
+        const float *ar[4];
+        float *cr[4];
+        for (int r = 0; r < 4; r++) {
+            ar[r] = qs + (size_t)(r0 + r < nq ? r0 + r : nq - 1) * ldq;
+            cr[r] = S + (size_t)(r0 + r) * BK;
+        }
+        c->o->mm4(cr, ar, 1, bt, c->ldt, c->dh, BK, 0);
+    }
+}
+
+/* acc rows (rows valid of BQ, Dh) += A (rows, kd) B (kd, Dh): A element (r, k) at
+ * a + r*ars + k*acs (spare rows repeat the last), B rows at b + k*ldb. */
+static void tile_accum(const at_ctx *c, float *acc, int rows, const float *a, size_t ars,
+                       size_t acs, const float *b, size_t ldb, int kd) {
+    for (int r0 = 0; r0 < rows; r0 += 4) {
+        const float *ar[4];
+        float *cr[4];
+        for (int r = 0; r < 4; r++) {
+            ar[r] = a + (size_t)(r0 + r < rows ? r0 + r : rows - 1) * ars;
+            cr[r] = acc + (size_t)(r0 + r) * c->dh;
+        }
+        c->o->mm4(cr, ar, acs, b, ldb, kd, c->dh, 1);
+    }
+}
+
+/* valid keys of tile j0 (jn keys) for span row i (span-relative) */
+static inline int tile_valid(int causal, int i, int j0, int jn) {
+    if (!causal) return jn;
+    const int nv = i - j0 + 1;
+    return nv < jn ? nv : jn;
+}
+
+/* Work items: (span start, span length, head or kv head, tile start) */
+typedef struct at_item {
+    int s0, len, h, t0;
+} at_item;
+
+/* items of every span: heads x tiles of BQ (or BK); causal ones with the most work
+ * first (a query tile's cost grows with its start, a key tile's shrinks) */
+static at_item *items_make(const attn_train_args *a, int heads, int tile, int late_first,
+                           int *count) {
+    int total = 0;
+    for (int sp = 0; sp < span_count(a); sp++) {
+        int s0, len;
+        span_get(a, sp, &s0, &len);
+        total += heads * ((len + tile - 1) / tile);
+    }
+    at_item *it = malloc(sizeof(at_item) * (size_t)(total > 0 ? total : 1));
+    ERGO_ASSERT(it);
+    int m = 0;
+    for (int sp = 0; sp < span_count(a); sp++) {
+        int s0, len;
+        span_get(a, sp, &s0, &len);
+        const int nt = (len + tile - 1) / tile;
+        for (int t = 0; t < nt; t++)
+            for (int h = 0; h < heads; h++) {
+                const int tt = a->causal && late_first ? nt - 1 - t : t;
+                it[m++] = (at_item){s0, len, h, tt * tile};
+            }
+    }
+    *count = m;
+    return it;
+}
+
+static int max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_num(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Forward of one (span, head, query tile): scr = S (BQ, BK), acc (BQ, Dh), m, l (BQ). */
+static void forward_tile(const at_ctx *c, const at_item *w, float *out, float *lse,
+                         const float *q, const float *v, float *scr) {
+    const int dh = c->dh, h = w->h, g = h / c->rep, i0 = w->t0;
+    const int nq = w->len - i0 < BQ ? w->len - i0 : BQ;
+    float *S = scr, *acc = S + BQ * BK, *m = acc + (size_t)BQ * dh, *l = m + BQ;
+    const float *qs = q + (size_t)(w->s0 + i0) * c->ldq + (size_t)h * dh;
+    memset(acc, 0, sizeof(float) * (size_t)BQ * dh);
+    for (int r = 0; r < BQ; r++) m[r] = -INFINITY, l[r] = 0.0f;
+    const int jend = c->a->causal ? i0 + nq : w->len;
+    for (int j0 = 0; j0 < jend; j0 += BK) {
+        const int jn = w->len - j0 < BK ? w->len - j0 : BK;
+        tile_scores(c, S, qs, c->ldq, nq, c->kt, g, w->s0 + j0);
+        for (int r = 0; r < nq; r++) {
+            const float corr = c->o->fwd_row(S + (size_t)r * BK,
+                                             tile_valid(c->a->causal, i0 + r, j0, jn),
+                                             c->a->scale, &m[r], &l[r]);
+            if (corr != 1.0f) c->o->scale(acc + (size_t)r * dh, acc + (size_t)r * dh, dh, corr);
+        }
+        tile_accum(c, acc, nq, S, BK, 1, v + (size_t)(w->s0 + j0) * c->ldk + (size_t)g * dh, c->ldk, jn);
+    }
+    for (int r = 0; r < nq; r++) {
+        const int i = w->s0 + i0 + r;
+        c->o->scale(out + (size_t)i * c->ldq + (size_t)h * dh, acc + (size_t)r * dh, dh, 1.0f / l[r]);
+        lse[(size_t)h * c->n + i] = m[r] + logf(l[r]);
+    }
+}
+
+void attn_train_forward(const attn_train_args *a, float *out, float *lse, const float *q,
+                        const float *k, const float *v) {
+    if (a->n <= 0) return;
+    at_ctx c = {.a = a, .o = ops_pick(a->dh), .n = a->n, .H = a->heads, .KV = a->kv_heads,
+                .dh = a->dh, .rep = a->heads / a->kv_heads};
+    c.ldq = (size_t)c.H * c.dh;
+    c.ldk = (size_t)c.KV * c.dh;
+    c.ldt = transposed_ld(c.n);
+    float *kt = malloc(sizeof(float) * (size_t)c.KV * c.dh * c.ldt);
+    const int nth = max_threads();
+    const size_t per = (size_t)BQ * BK + (size_t)BQ * c.dh + 2 * BQ;
+    float *scr = malloc(sizeof(float) * per * (size_t)nth);
+    ERGO_ASSERT(kt && scr);
+    transpose_heads(kt, k, c.n, c.KV, c.dh, c.ldt);
+    c.kt = kt;
+    int n_items;
+    at_item *items = items_make(a, c.H, BQ, 1, &n_items);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int it = 0; it < n_items; it++)
+        forward_tile(&c, &items[it], out, lse, q, v, scr + per * (size_t)thread_num());
+    free(items);
+    free(scr);
+    free(kt);
+}
+
+/* S = exp(Q K^T scale - lse) (P) and dP = dO V^T then dS = P (dP - D) for query rows
+ * [i0, i0 + nq) of head h and key tile j0 (jn keys) of a span: the part both
+ * passes of the backward recompute. */
+static void tile_p_ds(const at_ctx *c, float *P, float *dS, const at_item *w, int h, int i0,
+                      int nq, int j0, int jn, const float *q, const float *dout, const float *lse,
+                      const float *Dv) {
+    const int g = h / c->rep;
+    const size_t qoff = (size_t)(w->s0 + i0) * c->ldq + (size_t)h * c->dh;
+    tile_scores(c, P, q + qoff, c->ldq, nq, c->kt, g, w->s0 + j0);
+    tile_scores(c, dS, dout + qoff, c->ldq, nq, c->vt, g, w->s0 + j0);
+    const float *lr = lse + (size_t)h * c->n + w->s0 + i0, *dr = Dv + (size_t)h * c->n + w->s0 + i0;
+    for (int r = 0; r < nq; r++) {
+        c->o->bwd_p(P + (size_t)r * BK, tile_valid(c->a->causal, i0 + r, j0, jn), c->a->scale, lr[r]);
+        c->o->bwd_ds(dS + (size_t)r * BK, P + (size_t)r * BK, dr[r]);
+    }
+}
+
+/* dK, dV of one (span, kv head, key tile), summed over the kv head's query heads
+ * and their query tiles: scr = P, dS (BQ, BK), dK, dV (BK, Dh). */
+static void backward_kv_tile(const at_ctx *c, const at_item *w, float *dk, float *dv,
+                             const float *dout, const float *q, const float *lse,
+                             const float *Dv, float *scr) {
+    const int dh = c->dh, g = w->h, j0 = w->t0;
+    const int jn = w->len - j0 < BK ? w->len - j0 : BK;
+    float *P = scr, *dS = P + BQ * BK, *dK = dS + BQ * BK, *dV = dK + (size_t)BK * dh;
+    memset(dK, 0, sizeof(float) * 2 * (size_t)BK * dh);
+    const int istart = c->a->causal ? j0 / BQ * BQ : 0; /* earlier rows see none of these keys */
+    for (int hh = 0; hh < c->rep; hh++) {
+        const int h = g * c->rep + hh;
+        for (int i0 = istart; i0 < w->len; i0 += BQ) {
+            const int nq = w->len - i0 < BQ ? w->len - i0 : BQ;
+            tile_p_ds(c, P, dS, w, h, i0, nq, j0, jn, q, dout, lse, Dv);
+            const size_t qoff = (size_t)(w->s0 + i0) * c->ldq + (size_t)h * dh;
+            tile_accum(c, dV, jn, P, 1, BK, dout + qoff, c->ldq, nq); /* dV += P^T dO */
+            tile_accum(c, dK, jn, dS, 1, BK, q + qoff, c->ldq, nq);   /* dK += dS^T Q */
+        }
+    }
+    for (int j = 0; j < jn; j++) {
+        const size_t off = (size_t)(w->s0 + j0 + j) * c->ldk + (size_t)g * dh;
+        c->o->scale(dk + off, dK + (size_t)j * dh, dh, c->a->scale);
+        memcpy(dv + off, dV + (size_t)j * dh, sizeof(float) * (size_t)dh);
+    }
+}
+
+/* dQ of one (span, head, query tile): scr = P, dS (BQ, BK), dQ (BQ, Dh). */
+static void backward_q_tile(const at_ctx *c, const at_item *w, float *dq, const float *dout,
+                            const float *q, const float *k, const float *lse, const float *Dv,
+                            float *scr) {
+    const int dh = c->dh, h = w->h, g = h / c->rep, i0 = w->t0;
+    const int nq = w->len - i0 < BQ ? w->len - i0 : BQ;
+    float *P = scr, *dS = P + BQ * BK, *dQ = dS + BQ * BK;
+    memset(dQ, 0, sizeof(float) * (size_t)BQ * dh);
+    const int jend = c->a->causal ? i0 + nq : w->len;
+    for (int j0 = 0; j0 < jend; j0 += BK) {
+        const int jn = w->len - j0 < BK ? w->len - j0 : BK;
+        tile_p_ds(c, P, dS, w, h, i0, nq, j0, jn, q, dout, lse, Dv);
+        tile_accum(c, dQ, nq, dS, BK, 1, k + (size_t)(w->s0 + j0) * c->ldk + (size_t)g * dh, c->ldk,
+                   jn); /* dQ += dS K */
+    }
+    for (int r = 0; r < nq; r++)
+        c->o->scale(dq + (size_t)(w->s0 + i0 + r) * c->ldq + (size_t)h * dh, dQ + (size_t)r * dh, dh,
+                    c->a->scale);
+}
+
+void attn_train_backward(const attn_train_args *a, float *dq, float *dk, float *dv,
+                         const float *dout, const float *q, const float *k, const float *v,
+                         const float *out, const float *lse) {
+    if (a->n <= 0) return;
+    at_ctx c = {.a = a, .o = ops_pick(a->dh), .n = a->n, .H = a->heads, .KV = a->kv_heads,
+                .dh = a->dh, .rep = a->heads / a->kv_heads};
+    c.ldq = (size_t)c.H * c.dh;
+    c.ldk = (size_t)c.KV * c.dh;
+    c.ldt = transposed_ld(c.n);
+    const size_t tsz = (size_t)c.KV * c.dh * c.ldt;
+    float *kt = malloc(sizeof(float) * 2 * tsz);                   /* K^T, V^T */
+    float *Dv = malloc(sizeof(float) * (size_t)c.H * (size_t)c.n); /* (H, N) dO . O */
+    const int nth = max_threads();
+    const size_t per = 2 * (size_t)BQ * BK + 2 * (size_t)BK * c.dh; /* BK >= BQ for dQ */
+    float *scr = malloc(sizeof(float) * per * (size_t)nth);
+    ERGO_ASSERT(kt && Dv && scr);
+    transpose_heads(kt, k, c.n, c.KV, c.dh, c.ldt);
+    transpose_heads(kt + tsz, v, c.n, c.KV, c.dh, c.ldt);
+    c.kt = kt;
+    c.vt = kt + tsz;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < c.n; i++)
+        for (int h = 0; h < c.H; h++) {
+            const size_t off = (size_t)i * c.ldq + (size_t)h * c.dh;
+            Dv[(size_t)h * c.n + i] = c.o->dot(dout + off, out + off, c.dh);
+        }
+    int n_kv, n_q;
+    at_item *kvi = items_make(a, c.KV, BK, 0, &n_kv);
+    at_item *qi = items_make(a, c.H, BQ, 1, &n_q);
+#pragma omp parallel
+    {
+        float *s = scr + per * (size_t)thread_num();
+#pragma omp for schedule(dynamic, 1)
+        for (int it = 0; it < n_kv; it++) backward_kv_tile(&c, &kvi[it], dk, dv, dout, q, lse, Dv, s);
+#pragma omp for schedule(dynamic, 1)
+        for (int it = 0; it < n_q; it++) backward_q_tile(&c, &qi[it], dq, dout, q, k, lse, Dv, s);
+    }
+    free(kvi);
+    free(qi);
+    free(scr);
+    free(Dv);
+    free(kt);
+}
