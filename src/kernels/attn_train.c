@@ -150,10 +150,14 @@ void attn_train_backward_ref(const attn_train_args *a, float *dq, float *dk, flo
 /* ---- micro-kernels: scalar and AVX2 ---- */
 
 typedef struct at_ops {
-    /* rows r < 4: c[r][0..nc) = (accum ? c[r] : 0) + sum_{k < kd} a[r][k*acs] * b[k*ldb + 0..nc)
-     * (the sum over k formed first, then added); nc a multiple of 8 in the SIMD table */
-    void (*mm4)(float *const c[4], const float *const a[4], size_t acs, const float *b,
-                size_t ldb, int kd, int nc, int accum);
+    /* C (rows, nc) = (accum ? C : 0) + A (rows, kd) B (kd, nc), the sum over k formed
+     * first, in k order, then added: element (r, k) of A at a + r*ars + k*acs, row k
+     * of B at b + k*ldb, row r of C at c + r*ldc. Blocks of rows past `rows` read
+     * A's last row and write to `spare` (nc floats). nc a multiple of 8 in the SIMD
+     * table. Each element's arithmetic depends only on its row of A and column of B
+     * (not on the blocking), which the two backward schedules rely on. */
+    void (*mm)(float *c, size_t ldc, int rows, const float *a, size_t ars, size_t acs,
+               const float *b, size_t ldb, int kd, int nc, int accum, float *spare);
     /* forward, one score row (BK): s = s * scale, keys >= nv masked, the online max m
      * and sum l updated, s replaced by p = exp(s - m); returns the factor
      * exp(old m - new m) the row's accumulator must be multiplied by */
@@ -166,13 +170,15 @@ typedef struct at_ops {
     void (*scale)(float *y, const float *x, int n, float c); /* y = x * c */
 } at_ops;
 
-static void mm4_scalar(float *const c[4], const float *const a[4], size_t acs, const float *b,
-                       size_t ldb, int kd, int nc, int accum) {
-    for (int r = 0; r < 4; r++)
+static void mm_scalar(float *c, size_t ldc, int rows, const float *a, size_t ars, size_t acs,
+                      const float *b, size_t ldb, int kd, int nc, int accum, float *spare) {
+    for (int r = 0; r < rows; r++)
         for (int col = 0; col < nc; col++) {
             float sum = 0.0f;
-            for (int kk = 0; kk < kd; kk++) sum += a[r][(size_t)kk * acs] * b[(size_t)kk * ldb + col];
-            c[r][col] = accum ? c[r][col] + sum : sum;
+            for (int kk = 0; kk < kd; kk++)
+                sum += a[(size_t)r * ars + (size_t)kk * acs] * b[(size_t)kk * ldb + col];
+            float *cr = c + (size_t)r * ldc + col;
+            *cr = accum ? *cr + sum : sum;
         }
 }
 
@@ -216,7 +222,7 @@ static void scale_scalar(float *y, const float *x, int n, float c) {
     for (int i = 0; i < n; i++) y[i] = x[i] * c;
 }
 
-static const at_ops ops_scalar = {mm4_scalar,   fwd_row_scalar, bwd_p_scalar,
+static const at_ops ops_scalar = {mm_scalar,     fwd_row_scalar, bwd_p_scalar,
                                   bwd_ds_scalar, dot_scalar,     scale_scalar};
 
 #define T256 __attribute__((target("avx2,fma")))
@@ -241,72 +247,123 @@ T256 static inline float hsum256(__m256 x) {
     return _mm_cvtss_f32(s);
 }
 
-/* 4 rows x 16 columns per block (8 accumulators: two FMA pipes of latency 4 kept
- * busy), then an 8-column tail */
-T256 static void mm4_avx2(float *const c[4], const float *const a[4], size_t acs, const float *b,
-                          size_t ldb, int kd, int nc, int accum) {
-    const float *a0 = a[0], *a1 = a[1], *a2 = a[2], *a3 = a[3];
-    int n0 = 0;
-    for (; n0 + 16 <= nc; n0 += 16) {
-        __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
-               c30 = c00, c31 = c00;
-        const float *bp = b + n0;
-        size_t ak = 0;
-        for (int kk = 0; kk < kd; kk++, bp += ldb, ak += acs) {
-            const __m256 b0 = _mm256_loadu_ps(bp), b1 = _mm256_loadu_ps(bp + 8);
-            __m256 x = _mm256_broadcast_ss(a0 + ak);
-            c00 = _mm256_fmadd_ps(x, b0, c00);
-            c01 = _mm256_fmadd_ps(x, b1, c01);
-            x = _mm256_broadcast_ss(a1 + ak);
-            c10 = _mm256_fmadd_ps(x, b0, c10);
-            c11 = _mm256_fmadd_ps(x, b1, c11);
-            x = _mm256_broadcast_ss(a2 + ak);
-            c20 = _mm256_fmadd_ps(x, b0, c20);
-            c21 = _mm256_fmadd_ps(x, b1, c21);
-            x = _mm256_broadcast_ss(a3 + ak);
-            c30 = _mm256_fmadd_ps(x, b0, c30);
-            c31 = _mm256_fmadd_ps(x, b1, c31);
-        }
-        if (accum) {
-            c00 = _mm256_add_ps(_mm256_loadu_ps(c[0] + n0), c00);
-            c01 = _mm256_add_ps(_mm256_loadu_ps(c[0] + n0 + 8), c01);
-            c10 = _mm256_add_ps(_mm256_loadu_ps(c[1] + n0), c10);
-            c11 = _mm256_add_ps(_mm256_loadu_ps(c[1] + n0 + 8), c11);
-            c20 = _mm256_add_ps(_mm256_loadu_ps(c[2] + n0), c20);
-            c21 = _mm256_add_ps(_mm256_loadu_ps(c[2] + n0 + 8), c21);
-            c30 = _mm256_add_ps(_mm256_loadu_ps(c[3] + n0), c30);
-            c31 = _mm256_add_ps(_mm256_loadu_ps(c[3] + n0 + 8), c31);
-        }
-        _mm256_storeu_ps(c[0] + n0, c00);
-        _mm256_storeu_ps(c[0] + n0 + 8, c01);
-        _mm256_storeu_ps(c[1] + n0, c10);
-        _mm256_storeu_ps(c[1] + n0 + 8, c11);
-        _mm256_storeu_ps(c[2] + n0, c20);
-        _mm256_storeu_ps(c[2] + n0 + 8, c21);
-        _mm256_storeu_ps(c[3] + n0, c30);
-        _mm256_storeu_ps(c[3] + n0 + 8, c31);
+/* 6 rows x 16 columns: 12 accumulators (two FMA pipes of latency 4 kept busy with
+ * slack), 2 loads of B and 6 broadcasts of A per k. AP(r) is the address of A's
+ * element (r, kk): written three ways so that the loop keeps one index (rows of A
+ * contiguous: A = Q, P or dS), one pointer (columns contiguous: A = P^T or dS^T)
+ * or, in the general case (a partial block of the latter), six. */
+#define BLK6X16(AP, STEP)                                                          \
+    do {                                                                           \
+        __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, \
+               c21 = c00, c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00,   \
+               c51 = c00;                                                          \
+        for (int kk = 0; kk < kd; kk++, b += ldb) {                                \
+            const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);     \
+            __m256 x = _mm256_broadcast_ss(AP(0));                                 \
+            c00 = _mm256_fmadd_ps(x, b0, c00);                                     \
+            c01 = _mm256_fmadd_ps(x, b1, c01);                                     \
+            x = _mm256_broadcast_ss(AP(1));                                        \
+            c10 = _mm256_fmadd_ps(x, b0, c10);                                     \
+            c11 = _mm256_fmadd_ps(x, b1, c11);                                     \
+            x = _mm256_broadcast_ss(AP(2));                                        \
+            c20 = _mm256_fmadd_ps(x, b0, c20);                                     \
+            c21 = _mm256_fmadd_ps(x, b1, c21);                                     \
+            x = _mm256_broadcast_ss(AP(3));                                        \
+            c30 = _mm256_fmadd_ps(x, b0, c30);                                     \
+            c31 = _mm256_fmadd_ps(x, b1, c31);                                     \
+            x = _mm256_broadcast_ss(AP(4));                                        \
+            c40 = _mm256_fmadd_ps(x, b0, c40);                                     \
+            c41 = _mm256_fmadd_ps(x, b1, c41);                                     \
+            x = _mm256_broadcast_ss(AP(5));                                        \
+            c50 = _mm256_fmadd_ps(x, b0, c50);                                     \
+            c51 = _mm256_fmadd_ps(x, b1, c51);                                     \
+            STEP;                                                                  \
+        }                                                                          \
+        BLK_OUT(0, c00, c01);                                                      \
+        BLK_OUT(1, c10, c11);                                                      \
+        BLK_OUT(2, c20, c21);                                                      \
+        BLK_OUT(3, c30, c31);                                                      \
+        BLK_OUT(4, c40, c41);                                                      \
+        BLK_OUT(5, c50, c51);                                                      \
+    } while (0)
+
+#define BLK_OUT(r, v0, v1)                                                         \
+    do {                                                                           \
+        if (accum) {                                                               \
+            v0 = _mm256_add_ps(_mm256_loadu_ps(cr[r]), v0);                        \
+            v1 = _mm256_add_ps(_mm256_loadu_ps(cr[r] + 8), v1);                    \
+        }                                                                          \
+        _mm256_storeu_ps(cr[r], v0);                                               \
+        _mm256_storeu_ps(cr[r] + 8, v1);                                           \
+    } while (0)
+
+/* rows of A contiguous (acs = 1) */
+T256 static void blk6x16_rows(float *const cr[6], const float *const ar[6], const float *b,
+                              size_t ldb, int kd, int accum) {
+    const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
+#define AP(r) (a##r + kk)
+    BLK6X16(AP, (void)0);
+#undef AP
+}
+
+/* columns of A contiguous (ars = 1) and the block whole: row r at p + r */
+T256 static void blk6x16_cols(float *const cr[6], const float *p, size_t acs, const float *b,
+                              size_t ldb, int kd, int accum) {
+#define AP(r) (p + r)
+    BLK6X16(AP, p += acs);
+#undef AP
+}
+
+T256 static void blk6x16_any(float *const cr[6], const float *const ar[6], size_t acs,
+                             const float *b, size_t ldb, int kd, int accum) {
+    const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
+    size_t ak = 0;
+#define AP(r) (a##r + ak)
+    BLK6X16(AP, ak += acs);
+#undef AP
+}
+#undef BLK_OUT
+#undef BLK6X16
+
+/* 6 rows x 8 columns (the tail of Dh = 8 mod 16) */
+T256 static void blk6x8(float *const cr[6], const float *const ar[6], size_t acs, const float *b,
+                        size_t ldb, int kd, int accum) {
+    __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+    size_t ak = 0;
+    for (int kk = 0; kk < kd; kk++, b += ldb, ak += acs) {
+        const __m256 b0 = _mm256_loadu_ps(b);
+        c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(ar[0] + ak), b0, c0);
+        c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(ar[1] + ak), b0, c1);
+        c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(ar[2] + ak), b0, c2);
+        c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(ar[3] + ak), b0, c3);
+        c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(ar[4] + ak), b0, c4);
+        c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(ar[5] + ak), b0, c5);
     }
-    for (; n0 < nc; n0 += 8) {
-        __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0;
-        const float *bp = b + n0;
-        size_t ak = 0;
-        for (int kk = 0; kk < kd; kk++, bp += ldb, ak += acs) {
-            const __m256 b0 = _mm256_loadu_ps(bp);
-            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(a0 + ak), b0, c0);
-            c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(a1 + ak), b0, c1);
-            c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(a2 + ak), b0, c2);
-            c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(a3 + ak), b0, c3);
+    __m256 cv[6] = {c0, c1, c2, c3, c4, c5};
+    for (int r = 0; r < 6; r++) {
+        if (accum) cv[r] = _mm256_add_ps(_mm256_loadu_ps(cr[r]), cv[r]);
+        _mm256_storeu_ps(cr[r], cv[r]);
+    }
+}
+
+/* column panels outer (a panel of B, kd x 16, stays in L1 while every row block
+ * passes), blocks of 6 rows inner */
+T256 static void mm_avx2(float *c, size_t ldc, int rows, const float *a, size_t ars, size_t acs,
+                         const float *b, size_t ldb, int kd, int nc, int accum, float *spare) {
+    for (int n0 = 0; n0 < nc; n0 += 16) {
+        for (int r0 = 0; r0 < rows; r0 += 6) {
+            const float *ar[6];
+            float *cr[6];
+            for (int r = 0; r < 6; r++) {
+                const int i = r0 + r < rows ? r0 + r : rows - 1;
+                ar[r] = a + (size_t)i * ars;
+                cr[r] = r0 + r < rows ? c + (size_t)(r0 + r) * ldc + n0 : spare;
+            }
+            if (nc - n0 < 16) blk6x8(cr, ar, acs, b + n0, ldb, kd, accum);
+            else if (acs == 1) blk6x16_rows(cr, ar, b + n0, ldb, kd, accum);
+            else if (ars == 1 && r0 + 6 <= rows) blk6x16_cols(cr, ar[0], acs, b + n0, ldb, kd, accum);
+            else blk6x16_any(cr, ar, acs, b + n0, ldb, kd, accum);
         }
-        if (accum) {
-            c0 = _mm256_add_ps(_mm256_loadu_ps(c[0] + n0), c0);
-            c1 = _mm256_add_ps(_mm256_loadu_ps(c[1] + n0), c1);
-            c2 = _mm256_add_ps(_mm256_loadu_ps(c[2] + n0), c2);
-            c3 = _mm256_add_ps(_mm256_loadu_ps(c[3] + n0), c3);
-        }
-        _mm256_storeu_ps(c[0] + n0, c0);
-        _mm256_storeu_ps(c[1] + n0, c1);
-        _mm256_storeu_ps(c[2] + n0, c2);
-        _mm256_storeu_ps(c[3] + n0, c3);
     }
 }
 
@@ -361,7 +418,7 @@ T256 static void scale_avx2(float *y, const float *x, int n, float c) { /* n % 8
     for (int i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), cv));
 }
 
-static const at_ops ops_avx2 = {mm4_avx2, fwd_row_avx2, bwd_p_avx2, bwd_ds_avx2, dot_avx2, scale_avx2};
+static const at_ops ops_avx2 = {mm_avx2, fwd_row_avx2, bwd_p_avx2, bwd_ds_avx2, dot_avx2, scale_avx2};
 
 /* The table for kern's ISA (kernels_init's choice; tests set kern per ISA). */
 static const at_ops *ops_pick(int dh) {
@@ -399,42 +456,19 @@ static void transpose_heads(float *t, const float *x, int n, int KV, int dh, siz
 }
 
 /* Columns of the transposed copies: a tile starting at any key < N is read whole
- * (N - 1 + BK), and rows a multiple of 1 KiB apart would share L1 sets. */
-static size_t transposed_ld(int n) {
-    size_t ld = ((size_t)n + BK - 1 + 15) / 16 * 16;
-    if (ld % 256 == 0) ld += 16;
-    return ld;
+ * (N - 1 + BK). */
+static size_t transposed_ld(int n) { return ((size_t)n + BK - 1 + 15) / 16 * 16; }
+
+/* The operands of the products, copied into dense per-thread tiles: read in place,
+ * rows of K^T (or of Q, dO) thousands of bytes apart put every step of a product on
+ * another page and the tiles out of L1. */
+static void pack_t(const at_ctx *c, float *dst, const float *xt, int g, int col0) {
+    for (int d = 0; d < c->dh; d++) /* (Dh, BK) tile of K^T or V^T */
+        memcpy(dst + (size_t)d * BK, xt + ((size_t)g * c->dh + d) * c->ldt + col0, sizeof(float) * BK);
 }
 
-/* S (BQ, BK) = Q rows [r0 ..) of head h (nq valid; the spare rows repeat the last)
- * times the K^T (or V^T) tile at column c0 of kv head g. */
-static void tile_scores(const at_ctx *c, float *S, const float *qs, size_t ldq, int nq,
-                        const float *xt, int g, int c0) {
-    const float *bt = xt + (size_t)g * c->dh * c->ldt + c0;
-    for (int r0 = 0; r0 < nq; r0 += 4) {
-        const float *ar[4];
-        float *cr[4];
-        for (int r = 0; r < 4; r++) {
-            ar[r] = qs + (size_t)(r0 + r < nq ? r0 + r : nq - 1) * ldq;
-            cr[r] = S + (size_t)(r0 + r) * BK;
-        }
-        c->o->mm4(cr, ar, 1, bt, c->ldt, c->dh, BK, 0);
-    }
-}
-
-/* acc rows (rows valid of BQ, Dh) += A (rows, kd) B (kd, Dh): A element (r, k) at
- * a + r*ars + k*acs (spare rows repeat the last), B rows at b + k*ldb. */
-static void tile_accum(const at_ctx *c, float *acc, int rows, const float *a, size_t ars,
-                       size_t acs, const float *b, size_t ldb, int kd) {
-    for (int r0 = 0; r0 < rows; r0 += 4) {
-        const float *ar[4];
-        float *cr[4];
-        for (int r = 0; r < 4; r++) {
-            ar[r] = a + (size_t)(r0 + r < rows ? r0 + r : rows - 1) * ars;
-            cr[r] = acc + (size_t)(r0 + r) * c->dh;
-        }
-        c->o->mm4(cr, ar, acs, b, ldb, kd, c->dh, 1);
-    }
+static void pack_rows(float *dst, const float *src, size_t ld, int rows, int dh) {
+    for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * dh, src + (size_t)r * ld, sizeof(float) * (size_t)dh);
 }
 
 /* valid keys of tile j0 (jn keys) for span row i (span-relative) */
@@ -444,20 +478,23 @@ static inline int tile_valid(int causal, int i, int j0, int jn) {
     return nv < jn ? nv : jn;
 }
 
+static inline int imin(int x, int y) { return x < y ? x : y; }
+
 /* Work items: (span start, span length, head or kv head, tile start) */
 typedef struct at_item {
     int s0, len, h, t0;
 } at_item;
 
-/* items of every span: heads x tiles of BQ (or BK); causal ones with the most work
- * first (a query tile's cost grows with its start, a key tile's shrinks) */
+/* items of every span: heads x tiles of `tile` rows (tile 0: one per head, the
+ * whole span); causal ones with the most work first (a query tile's cost grows with
+ * its start, a key tile's shrinks) */
 static at_item *items_make(const attn_train_args *a, int heads, int tile, int late_first,
                            int *count) {
     int total = 0;
     for (int sp = 0; sp < span_count(a); sp++) {
         int s0, len;
         span_get(a, sp, &s0, &len);
-        total += heads * ((len + tile - 1) / tile);
+        total += heads * (tile ? (len + tile - 1) / tile : 1);
     }
     at_item *it = malloc(sizeof(at_item) * (size_t)(total > 0 ? total : 1));
     ERGO_ASSERT(it);
@@ -465,7 +502,7 @@ static at_item *items_make(const attn_train_args *a, int heads, int tile, int la
     for (int sp = 0; sp < span_count(a); sp++) {
         int s0, len;
         span_get(a, sp, &s0, &len);
-        const int nt = (len + tile - 1) / tile;
+        const int nt = tile ? (len + tile - 1) / tile : 1;
         for (int t = 0; t < nt; t++)
             for (int h = 0; h < heads; h++) {
                 const int tt = a->causal && late_first ? nt - 1 - t : t;
@@ -492,30 +529,39 @@ static int thread_num(void) {
 #endif
 }
 
-/* Forward of one (span, head, query tile): scr = S (BQ, BK), acc (BQ, Dh), m, l (BQ). */
+/* per-thread scratch of the forward: S (BQ, BK), acc (BQ, Dh), m, l (BQ), K^T tile
+ * (Dh, BK), V tile (BK, Dh), a spare row (max(BK, Dh)) */
+static size_t fwd_scratch(int dh) {
+    return (size_t)BQ * BK + (size_t)BQ * dh + 2 * BQ + 2 * (size_t)BK * dh + (size_t)(dh > BK ? dh : BK);
+}
+
+/* Forward of one (span, head, query tile). */
 static void forward_tile(const at_ctx *c, const at_item *w, float *out, float *lse,
                          const float *q, const float *v, float *scr) {
+    const at_ops *o = c->o;
     const int dh = c->dh, h = w->h, g = h / c->rep, i0 = w->t0;
-    const int nq = w->len - i0 < BQ ? w->len - i0 : BQ;
+    const int nq = imin(w->len - i0, BQ);
     float *S = scr, *acc = S + BQ * BK, *m = acc + (size_t)BQ * dh, *l = m + BQ;
+    float *ktp = l + BQ, *vp = ktp + (size_t)dh * BK, *spare = vp + (size_t)BK * dh;
     const float *qs = q + (size_t)(w->s0 + i0) * c->ldq + (size_t)h * dh;
     memset(acc, 0, sizeof(float) * (size_t)BQ * dh);
     for (int r = 0; r < BQ; r++) m[r] = -INFINITY, l[r] = 0.0f;
     const int jend = c->a->causal ? i0 + nq : w->len;
     for (int j0 = 0; j0 < jend; j0 += BK) {
-        const int jn = w->len - j0 < BK ? w->len - j0 : BK;
-        tile_scores(c, S, qs, c->ldq, nq, c->kt, g, w->s0 + j0);
+        const int jn = imin(w->len - j0, BK);
+        pack_t(c, ktp, c->kt, g, w->s0 + j0);
+        pack_rows(vp, v + (size_t)(w->s0 + j0) * c->ldk + (size_t)g * dh, c->ldk, jn, dh);
+        o->mm(S, BK, nq, qs, c->ldq, 1, ktp, BK, dh, BK, 0, spare); /* S = Q K^T */
         for (int r = 0; r < nq; r++) {
-            const float corr = c->o->fwd_row(S + (size_t)r * BK,
-                                             tile_valid(c->a->causal, i0 + r, j0, jn),
-                                             c->a->scale, &m[r], &l[r]);
-            if (corr != 1.0f) c->o->scale(acc + (size_t)r * dh, acc + (size_t)r * dh, dh, corr);
+            const float corr = o->fwd_row(S + (size_t)r * BK, tile_valid(c->a->causal, i0 + r, j0, jn),
+                                          c->a->scale, &m[r], &l[r]);
+            if (corr != 1.0f) o->scale(acc + (size_t)r * dh, acc + (size_t)r * dh, dh, corr);
         }
-        tile_accum(c, acc, nq, S, BK, 1, v + (size_t)(w->s0 + j0) * c->ldk + (size_t)g * dh, c->ldk, jn);
+        o->mm(acc, dh, nq, S, BK, 1, vp, dh, jn, dh, 1, spare); /* acc += P V */
     }
     for (int r = 0; r < nq; r++) {
         const int i = w->s0 + i0 + r;
-        c->o->scale(out + (size_t)i * c->ldq + (size_t)h * dh, acc + (size_t)r * dh, dh, 1.0f / l[r]);
+        o->scale(out + (size_t)i * c->ldq + (size_t)h * dh, acc + (size_t)r * dh, dh, 1.0f / l[r]);
         lse[(size_t)h * c->n + i] = m[r] + logf(l[r]);
     }
 }
@@ -530,8 +576,8 @@ void attn_train_forward(const attn_train_args *a, float *out, float *lse, const 
     c.ldt = transposed_ld(c.n);
     float *kt = malloc(sizeof(float) * (size_t)c.KV * c.dh * c.ldt);
     const int nth = max_threads();
-    const size_t per = (size_t)BQ * BK + (size_t)BQ * c.dh + 2 * BQ;
-    float *scr = malloc(sizeof(float) * per * (size_t)nth);
+    const size_t per = fwd_scratch(c.dh);
+    float *scr = calloc(per * (size_t)nth, sizeof(float));
     ERGO_ASSERT(kt && scr);
     transpose_heads(kt, k, c.n, c.KV, c.dh, c.ldt);
     c.kt = kt;
@@ -545,67 +591,165 @@ void attn_train_forward(const attn_train_args *a, float *out, float *lse, const 
     free(kt);
 }
 
-/* S = exp(Q K^T scale - lse) (P) and dP = dO V^T then dS = P (dP - D) for query rows
- * [i0, i0 + nq) of head h and key tile j0 (jn keys) of a span: the part both
- * passes of the backward recompute. */
-static void tile_p_ds(const at_ctx *c, float *P, float *dS, const at_item *w, int h, int i0,
-                      int nq, int j0, int jn, const float *q, const float *dout, const float *lse,
-                      const float *Dv) {
-    const int g = h / c->rep;
-    const size_t qoff = (size_t)(w->s0 + i0) * c->ldq + (size_t)h * c->dh;
-    tile_scores(c, P, q + qoff, c->ldq, nq, c->kt, g, w->s0 + j0);
-    tile_scores(c, dS, dout + qoff, c->ldq, nq, c->vt, g, w->s0 + j0);
+/* ---- the backward ----
+ *
+ * Per (query tile of head h, key tile) the same recomputation: S = Q K^T, P = exp(S
+ * scale - lse), dP = dO V^T, dS = P (dP - D). Then dV += P^T dO, dK += dS^T Q (the
+ * key tile's rows) and dQ += dS K (the query tile's rows), dK and dQ scaled once at
+ * the end. Two schedules with the same arithmetic per element, so the same bits:
+ *   fused: one item per (span, kv head): key tiles ascending, then the kv head's
+ *     query heads, then the query tiles; dQ accumulates in place in dq (the item
+ *     owns those rows and heads), each (head, query tile) receiving its key tiles in
+ *     ascending order. 5 tile products per pair.
+ *   two passes: items (span, kv head, key tile) for dK, dV; then (span, head, query
+ *     tile) for dQ, key tiles ascending. 7 products per pair, but many more items.
+ * The fused one is taken when its items keep every thread busy. */
+
+/* per-thread scratch: P, dS (BQ, BK); dK, dV (BK, Dh); K^T, V^T tiles (Dh, BK); K
+ * tile (BK, Dh); Q, dO tiles (BQ, Dh); dQ (BQ, Dh); a spare row */
+static size_t bwd_scratch(int dh) {
+    return 2 * (size_t)BQ * BK + 8 * (size_t)BK * dh + (size_t)(dh > BK ? dh : BK);
+}
+
+typedef struct bwd_tiles {
+    float *P, *dS, *dK, *dV, *ktp, *vtp, *kp, *qp, *dop, *dQ, *spare;
+} bwd_tiles;
+
+static bwd_tiles bwd_tiles_at(float *s, int dh) {
+    bwd_tiles t;
+    const size_t td = (size_t)BK * dh;
+    t.P = s;
+    t.dS = t.P + BQ * BK;
+    t.dK = t.dS + BQ * BK;
+    t.dV = t.dK + td;
+    t.ktp = t.dV + td;
+    t.vtp = t.ktp + td;
+    t.kp = t.vtp + td;
+    t.qp = t.kp + td;
+    t.dop = t.qp + td;
+    t.dQ = t.dop + td;
+    t.spare = t.dQ + td;
+    return t;
+}
+
+/* K^T, V^T and K of key tile j0 (jn keys) of kv head g into the scratch */
+static void pack_keys(const at_ctx *c, const bwd_tiles *t, const at_item *w, int g, int j0, int jn,
+                      const float *k) {
+    pack_t(c, t->ktp, c->kt, g, w->s0 + j0);
+    pack_t(c, t->vtp, c->vt, g, w->s0 + j0);
+    pack_rows(t->kp, k + (size_t)(w->s0 + j0) * c->ldk + (size_t)g * c->dh, c->ldk, jn, c->dh);
+}
+
+/* Q and dO of query rows [i0, i0 + nq) of head h into the scratch */
+static void pack_queries(const at_ctx *c, const bwd_tiles *t, const at_item *w, int h, int i0,
+                         int nq, const float *q, const float *dout) {
+    const size_t off = (size_t)(w->s0 + i0) * c->ldq + (size_t)h * c->dh;
+    pack_rows(t->qp, q + off, c->ldq, nq, c->dh);
+    pack_rows(t->dop, dout + off, c->ldq, nq, c->dh);
+}
+
+/* P and dS of the packed query and key tiles (query rows [i0, i0 + nq) of head h,
+ * key tile j0 of jn keys) */
+static void tile_p_ds(const at_ctx *c, const bwd_tiles *t, const at_item *w, int h, int i0, int nq,
+                      int j0, int jn, const float *lse, const float *Dv) {
+    const at_ops *o = c->o;
+    const int dh = c->dh;
+    o->mm(t->P, BK, nq, t->qp, dh, 1, t->ktp, BK, dh, BK, 0, t->spare);   /* S = Q K^T */
+    o->mm(t->dS, BK, nq, t->dop, dh, 1, t->vtp, BK, dh, BK, 0, t->spare); /* dP = dO V^T */
     const float *lr = lse + (size_t)h * c->n + w->s0 + i0, *dr = Dv + (size_t)h * c->n + w->s0 + i0;
     for (int r = 0; r < nq; r++) {
-        c->o->bwd_p(P + (size_t)r * BK, tile_valid(c->a->causal, i0 + r, j0, jn), c->a->scale, lr[r]);
-        c->o->bwd_ds(dS + (size_t)r * BK, P + (size_t)r * BK, dr[r]);
+        o->bwd_p(t->P + (size_t)r * BK, tile_valid(c->a->causal, i0 + r, j0, jn), c->a->scale, lr[r]);
+        o->bwd_ds(t->dS + (size_t)r * BK, t->P + (size_t)r * BK, dr[r]);
     }
 }
 
-/* dK, dV of one (span, kv head, key tile), summed over the kv head's query heads
- * and their query tiles: scr = P, dS (BQ, BK), dK, dV (BK, Dh). */
+/* dK, dV += the pair's share (packed tiles); rows jn of the key tile */
+static void pair_dkdv(const at_ctx *c, const bwd_tiles *t, int nq, int jn) {
+    const int dh = c->dh;
+    c->o->mm(t->dV, dh, jn, t->P, 1, BK, t->dop, dh, nq, dh, 1, t->spare);  /* dV += P^T dO */
+    c->o->mm(t->dK, dh, jn, t->dS, 1, BK, t->qp, dh, nq, dh, 1, t->spare);  /* dK += dS^T Q */
+}
+
+/* dk = dK scale, dv = dV for the jn keys of tile j0 */
+static void store_dkdv(const at_ctx *c, const bwd_tiles *t, const at_item *w, int g, int j0, int jn,
+                       float *dk, float *dv) {
+    for (int j = 0; j < jn; j++) {
+        const size_t off = (size_t)(w->s0 + j0 + j) * c->ldk + (size_t)g * c->dh;
+        c->o->scale(dk + off, t->dK + (size_t)j * c->dh, c->dh, c->a->scale);
+        memcpy(dv + off, t->dV + (size_t)j * c->dh, sizeof(float) * (size_t)c->dh);
+    }
+}
+
+/* The fused schedule: everything of one (span, kv head). */
+static void backward_group(const at_ctx *c, const at_item *w, float *dq, float *dk, float *dv,
+                           const float *dout, const float *q, const float *k, const float *lse,
+                           const float *Dv, float *scr) {
+    const int dh = c->dh, g = w->h;
+    const bwd_tiles t = bwd_tiles_at(scr, dh);
+    for (int i = w->s0; i < w->s0 + w->len; i++)
+        memset(dq + (size_t)i * c->ldq + (size_t)g * c->rep * dh, 0, sizeof(float) * (size_t)c->rep * dh);
+    for (int j0 = 0; j0 < w->len; j0 += BK) {
+        const int jn = imin(w->len - j0, BK);
+        pack_keys(c, &t, w, g, j0, jn, k);
+        memset(t.dK, 0, sizeof(float) * 2 * (size_t)BK * dh); /* dK, dV */
+        const int istart = c->a->causal ? j0 / BQ * BQ : 0; /* earlier rows see none of these keys */
+        for (int hh = 0; hh < c->rep; hh++) {
+            const int h = g * c->rep + hh;
+            for (int i0 = istart; i0 < w->len; i0 += BQ) {
+                const int nq = imin(w->len - i0, BQ);
+                pack_queries(c, &t, w, h, i0, nq, q, dout);
+                tile_p_ds(c, &t, w, h, i0, nq, j0, jn, lse, Dv);
+                pair_dkdv(c, &t, nq, jn);
+                c->o->mm(dq + (size_t)(w->s0 + i0) * c->ldq + (size_t)h * dh, c->ldq, nq, t.dS, BK, 1,
+                         t.kp, dh, jn, dh, 1, t.spare); /* dQ += dS K */
+            }
+        }
+        store_dkdv(c, &t, w, g, j0, jn, dk, dv);
+    }
+    for (int i = w->s0; i < w->s0 + w->len; i++) {
+        float *r = dq + (size_t)i * c->ldq + (size_t)g * c->rep * dh;
+        c->o->scale(r, r, c->rep * dh, c->a->scale);
+    }
+}
+
+/* Two passes, first: dK, dV of one (span, kv head, key tile). */
 static void backward_kv_tile(const at_ctx *c, const at_item *w, float *dk, float *dv,
-                             const float *dout, const float *q, const float *lse,
+                             const float *dout, const float *q, const float *k, const float *lse,
                              const float *Dv, float *scr) {
-    const int dh = c->dh, g = w->h, j0 = w->t0;
-    const int jn = w->len - j0 < BK ? w->len - j0 : BK;
-    float *P = scr, *dS = P + BQ * BK, *dK = dS + BQ * BK, *dV = dK + (size_t)BK * dh;
-    memset(dK, 0, sizeof(float) * 2 * (size_t)BK * dh);
-    const int istart = c->a->causal ? j0 / BQ * BQ : 0; /* earlier rows see none of these keys */
+    const int dh = c->dh, g = w->h, j0 = w->t0, jn = imin(w->len - j0, BK);
+    const bwd_tiles t = bwd_tiles_at(scr, dh);
+    pack_keys(c, &t, w, g, j0, jn, k);
+    memset(t.dK, 0, sizeof(float) * 2 * (size_t)BK * dh);
+    const int istart = c->a->causal ? j0 / BQ * BQ : 0;
     for (int hh = 0; hh < c->rep; hh++) {
         const int h = g * c->rep + hh;
         for (int i0 = istart; i0 < w->len; i0 += BQ) {
-            const int nq = w->len - i0 < BQ ? w->len - i0 : BQ;
-            tile_p_ds(c, P, dS, w, h, i0, nq, j0, jn, q, dout, lse, Dv);
-            const size_t qoff = (size_t)(w->s0 + i0) * c->ldq + (size_t)h * dh;
-            tile_accum(c, dV, jn, P, 1, BK, dout + qoff, c->ldq, nq); /* dV += P^T dO */
-            tile_accum(c, dK, jn, dS, 1, BK, q + qoff, c->ldq, nq);   /* dK += dS^T Q */
+            const int nq = imin(w->len - i0, BQ);
+            pack_queries(c, &t, w, h, i0, nq, q, dout);
+            tile_p_ds(c, &t, w, h, i0, nq, j0, jn, lse, Dv);
+            pair_dkdv(c, &t, nq, jn);
         }
     }
-    for (int j = 0; j < jn; j++) {
-        const size_t off = (size_t)(w->s0 + j0 + j) * c->ldk + (size_t)g * dh;
-        c->o->scale(dk + off, dK + (size_t)j * dh, dh, c->a->scale);
-        memcpy(dv + off, dV + (size_t)j * dh, sizeof(float) * (size_t)dh);
-    }
+    store_dkdv(c, &t, w, g, j0, jn, dk, dv);
 }
 
-/* dQ of one (span, head, query tile): scr = P, dS (BQ, BK), dQ (BQ, Dh). */
+/* Two passes, second: dQ of one (span, head, query tile). */
 static void backward_q_tile(const at_ctx *c, const at_item *w, float *dq, const float *dout,
                             const float *q, const float *k, const float *lse, const float *Dv,
                             float *scr) {
-    const int dh = c->dh, h = w->h, g = h / c->rep, i0 = w->t0;
-    const int nq = w->len - i0 < BQ ? w->len - i0 : BQ;
-    float *P = scr, *dS = P + BQ * BK, *dQ = dS + BQ * BK;
-    memset(dQ, 0, sizeof(float) * (size_t)BQ * dh);
+    const int dh = c->dh, h = w->h, g = h / c->rep, i0 = w->t0, nq = imin(w->len - i0, BQ);
+    const bwd_tiles t = bwd_tiles_at(scr, dh);
+    memset(t.dQ, 0, sizeof(float) * (size_t)BQ * dh);
+    pack_queries(c, &t, w, h, i0, nq, q, dout);
     const int jend = c->a->causal ? i0 + nq : w->len;
     for (int j0 = 0; j0 < jend; j0 += BK) {
-        const int jn = w->len - j0 < BK ? w->len - j0 : BK;
-        tile_p_ds(c, P, dS, w, h, i0, nq, j0, jn, q, dout, lse, Dv);
-        tile_accum(c, dQ, nq, dS, BK, 1, k + (size_t)(w->s0 + j0) * c->ldk + (size_t)g * dh, c->ldk,
-                   jn); /* dQ += dS K */
+        const int jn = imin(w->len - j0, BK);
+        pack_keys(c, &t, w, g, j0, jn, k);
+        tile_p_ds(c, &t, w, h, i0, nq, j0, jn, lse, Dv);
+        c->o->mm(t.dQ, dh, nq, t.dS, BK, 1, t.kp, dh, jn, dh, 1, t.spare); /* dQ += dS K */
     }
     for (int r = 0; r < nq; r++)
-        c->o->scale(dq + (size_t)(w->s0 + i0 + r) * c->ldq + (size_t)h * dh, dQ + (size_t)r * dh, dh,
+        c->o->scale(dq + (size_t)(w->s0 + i0 + r) * c->ldq + (size_t)h * dh, t.dQ + (size_t)r * dh, dh,
                     c->a->scale);
 }
 
@@ -622,8 +766,8 @@ void attn_train_backward(const attn_train_args *a, float *dq, float *dk, float *
     float *kt = malloc(sizeof(float) * 2 * tsz);                   /* K^T, V^T */
     float *Dv = malloc(sizeof(float) * (size_t)c.H * (size_t)c.n); /* (H, N) dO . O */
     const int nth = max_threads();
-    const size_t per = 2 * (size_t)BQ * BK + 2 * (size_t)BK * c.dh; /* BK >= BQ for dQ */
-    float *scr = malloc(sizeof(float) * per * (size_t)nth);
+    const size_t per = bwd_scratch(c.dh);
+    float *scr = calloc(per * (size_t)nth, sizeof(float));
     ERGO_ASSERT(kt && Dv && scr);
     transpose_heads(kt, k, c.n, c.KV, c.dh, c.ldt);
     transpose_heads(kt + tsz, v, c.n, c.KV, c.dh, c.ldt);
@@ -635,19 +779,33 @@ void attn_train_backward(const attn_train_args *a, float *dq, float *dk, float *
             const size_t off = (size_t)i * c.ldq + (size_t)h * c.dh;
             Dv[(size_t)h * c.n + i] = c.o->dot(dout + off, out + off, c.dh);
         }
-    int n_kv, n_q;
-    at_item *kvi = items_make(a, c.KV, BK, 0, &n_kv);
-    at_item *qi = items_make(a, c.H, BQ, 1, &n_q);
+    /* fused when its items fill the threads' rounds to 75% (they cost 5/7 of the
+     * two passes' work) */
+    const int n_groups = span_count(a) * c.KV;
+    const int rounds = (n_groups + nth - 1) / nth;
+    if (4 * n_groups >= 3 * rounds * nth) {
+        int n_g;
+        at_item *gi = items_make(a, c.KV, 0, 0, &n_g);
+#pragma omp parallel for schedule(dynamic, 1)
+        for (int it = 0; it < n_g; it++)
+            backward_group(&c, &gi[it], dq, dk, dv, dout, q, k, lse, Dv, scr + per * (size_t)thread_num());
+        free(gi);
+    } else {
+        int n_kv, n_q;
+        at_item *kvi = items_make(a, c.KV, BK, 0, &n_kv);
+        at_item *qi = items_make(a, c.H, BQ, 1, &n_q);
 #pragma omp parallel
-    {
-        float *s = scr + per * (size_t)thread_num();
+        {
+            float *s = scr + per * (size_t)thread_num();
 #pragma omp for schedule(dynamic, 1)
-        for (int it = 0; it < n_kv; it++) backward_kv_tile(&c, &kvi[it], dk, dv, dout, q, lse, Dv, s);
+            for (int it = 0; it < n_kv; it++)
+                backward_kv_tile(&c, &kvi[it], dk, dv, dout, q, k, lse, Dv, s);
 #pragma omp for schedule(dynamic, 1)
-        for (int it = 0; it < n_q; it++) backward_q_tile(&c, &qi[it], dq, dout, q, k, lse, Dv, s);
+            for (int it = 0; it < n_q; it++) backward_q_tile(&c, &qi[it], dq, dout, q, k, lse, Dv, s);
+        }
+        free(kvi);
+        free(qi);
     }
-    free(kvi);
-    free(qi);
     free(scr);
     free(Dv);
     free(kt);
