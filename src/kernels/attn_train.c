@@ -168,6 +168,9 @@ typedef struct at_ops {
     void (*bwd_ds)(float *dp, const float *p, float D);
     float (*dot)(const float *x, const float *y, int n);
     void (*scale)(float *y, const float *x, int n, float c); /* y = x * c */
+    /* dst (Dh, BK) = the transpose of jn rows x (jn, Dh) at stride ldx, columns
+     * [jn, BK) zero (a K^T or V^T tile) */
+    void (*pack_t)(float *dst, const float *x, size_t ldx, int jn, int dh);
 } at_ops;
 
 static void mm_scalar(float *c, size_t ldc, int rows, const float *a, size_t ars, size_t acs,
@@ -222,8 +225,16 @@ static void scale_scalar(float *y, const float *x, int n, float c) {
     for (int i = 0; i < n; i++) y[i] = x[i] * c;
 }
 
-static const at_ops ops_scalar = {mm_scalar,     fwd_row_scalar, bwd_p_scalar,
-                                  bwd_ds_scalar, dot_scalar,     scale_scalar};
+static void pack_t_scalar(float *dst, const float *x, size_t ldx, int jn, int dh) {
+    for (int d = 0; d < dh; d++) {
+        float *row = dst + (size_t)d * BK;
+        for (int j = 0; j < jn; j++) row[j] = x[(size_t)j * ldx + d];
+        for (int j = jn; j < BK; j++) row[j] = 0.0f;
+    }
+}
+
+static const at_ops ops_scalar = {mm_scalar,  fwd_row_scalar, bwd_p_scalar, bwd_ds_scalar,
+                                  dot_scalar, scale_scalar,   pack_t_scalar};
 
 #define T256 __attribute__((target("avx2,fma")))
 
@@ -418,7 +429,42 @@ T256 static void scale_avx2(float *y, const float *x, int n, float c) { /* n % 8
     for (int i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), cv));
 }
 
-static const at_ops ops_avx2 = {mm_avx2, fwd_row_avx2, bwd_p_avx2, bwd_ds_avx2, dot_avx2, scale_avx2};
+/* dst[c * ldd + r] = src[r * lds + c] for r, c < 8 */
+T256 static inline void transpose8(float *dst, size_t ldd, const float *src, size_t lds) {
+    __m256 r[8], t[8], u[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (size_t)i * lds);
+#pragma GCC unroll 4
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < 8; i += 4) {
+        u[i + 0] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        _mm256_storeu_ps(dst + (size_t)i * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+        _mm256_storeu_ps(dst + (size_t)(i + 4) * ldd, _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+    }
+}
+
+T256 static void pack_t_avx2(float *dst, const float *x, size_t ldx, int jn, int dh) { /* dh % 8 == 0 */
+    int j = 0;
+    for (; j + 8 <= jn; j += 8)
+        for (int d = 0; d < dh; d += 8) transpose8(dst + (size_t)d * BK + j, BK, x + (size_t)j * ldx + d, ldx);
+    for (; j < jn; j++)
+        for (int d = 0; d < dh; d++) dst[(size_t)d * BK + j] = x[(size_t)j * ldx + d];
+    if (jn < BK)
+        for (int d = 0; d < dh; d++) memset(dst + (size_t)d * BK + jn, 0, sizeof(float) * (size_t)(BK - jn));
+}
+
+static const at_ops ops_avx2 = {mm_avx2,  fwd_row_avx2, bwd_p_avx2, bwd_ds_avx2,
+                                dot_avx2, scale_avx2,   pack_t_avx2};
 
 /* The table for kern's ISA (kernels_init's choice; tests set kern per ISA). */
 static const at_ops *ops_pick(int dh) {
@@ -434,39 +480,11 @@ typedef struct at_ctx {
     const at_ops *o;
     int n, H, KV, dh, rep;
     size_t ldq, ldk;    /* H*Dh, KV*Dh */
-    const float *kt;    /* (KV, Dh, ldt) K^T, columns >= N zero */
-    const float *vt;    /* (KV, Dh, ldt) V^T (backward only) */
-    size_t ldt;
 } at_ctx;
 
-/* K^T of every kv head: t (KV, Dh, ldt) from x (N, KV*Dh); columns [N, ldt) zero so
- * that the last tile of a span can be read whole. Threaded over (kv head, 64 rows). */
-static void transpose_heads(float *t, const float *x, int n, int KV, int dh, size_t ldt) {
-    const int nb = (n + 63) / 64;
-#pragma omp parallel for schedule(static)
-    for (int it = 0; it < KV * nb; it++) {
-        const int g = it / nb, j0 = (it % nb) * 64, j1 = j0 + 64 < n ? j0 + 64 : n;
-        for (int d = 0; d < dh; d++) {
-            float *td = t + ((size_t)g * dh + d) * ldt;
-            for (int j = j0; j < j1; j++) td[j] = x[(size_t)j * KV * dh + (size_t)g * dh + d];
-            if (j1 == n)
-                for (size_t j = (size_t)n; j < ldt; j++) td[j] = 0.0f;
-        }
-    }
-}
-
-/* Columns of the transposed copies: a tile starting at any key < N is read whole
- * (N - 1 + BK). */
-static size_t transposed_ld(int n) { return ((size_t)n + BK - 1 + 15) / 16 * 16; }
-
-/* The operands of the products, copied into dense per-thread tiles: read in place,
- * rows of K^T (or of Q, dO) thousands of bytes apart put every step of a product on
- * another page and the tiles out of L1. */
-static void pack_t(const at_ctx *c, float *dst, const float *xt, int g, int col0) {
-    for (int d = 0; d < c->dh; d++) /* (Dh, BK) tile of K^T or V^T */
-        memcpy(dst + (size_t)d * BK, xt + ((size_t)g * c->dh + d) * c->ldt + col0, sizeof(float) * BK);
-}
-
+/* The operands of the products are copied into dense per-thread tiles (K^T and V^T
+ * transposed on the way): read in place, rows of K^T (or of Q, dO) thousands of
+ * bytes apart put every step of a product on another page and the tiles out of L1. */
 static void pack_rows(float *dst, const float *src, size_t ld, int rows, int dh) {
     for (int r = 0; r < rows; r++) memcpy(dst + (size_t)r * dh, src + (size_t)r * ld, sizeof(float) * (size_t)dh);
 }
@@ -537,7 +555,7 @@ static size_t fwd_scratch(int dh) {
 
 /* Forward of one (span, head, query tile). */
 static void forward_tile(const at_ctx *c, const at_item *w, float *out, float *lse,
-                         const float *q, const float *v, float *scr) {
+                         const float *q, const float *k, const float *v, float *scr) {
     const at_ops *o = c->o;
     const int dh = c->dh, h = w->h, g = h / c->rep, i0 = w->t0;
     const int nq = imin(w->len - i0, BQ);
@@ -549,8 +567,9 @@ static void forward_tile(const at_ctx *c, const at_item *w, float *out, float *l
     const int jend = c->a->causal ? i0 + nq : w->len;
     for (int j0 = 0; j0 < jend; j0 += BK) {
         const int jn = imin(w->len - j0, BK);
-        pack_t(c, ktp, c->kt, g, w->s0 + j0);
-        pack_rows(vp, v + (size_t)(w->s0 + j0) * c->ldk + (size_t)g * dh, c->ldk, jn, dh);
+        const size_t koff = (size_t)(w->s0 + j0) * c->ldk + (size_t)g * dh;
+        o->pack_t(ktp, k + koff, c->ldk, jn, dh);
+        pack_rows(vp, v + koff, c->ldk, jn, dh);
         o->mm(S, BK, nq, qs, c->ldq, 1, ktp, BK, dh, BK, 0, spare); /* S = Q K^T */
         for (int r = 0; r < nq; r++) {
             const float corr = o->fwd_row(S + (size_t)r * BK, tile_valid(c->a->causal, i0 + r, j0, jn),
@@ -573,22 +592,17 @@ void attn_train_forward(const attn_train_args *a, float *out, float *lse, const 
                 .dh = a->dh, .rep = a->heads / a->kv_heads};
     c.ldq = (size_t)c.H * c.dh;
     c.ldk = (size_t)c.KV * c.dh;
-    c.ldt = transposed_ld(c.n);
-    float *kt = malloc(sizeof(float) * (size_t)c.KV * c.dh * c.ldt);
     const int nth = max_threads();
     const size_t per = fwd_scratch(c.dh);
     float *scr = calloc(per * (size_t)nth, sizeof(float));
-    ERGO_ASSERT(kt && scr);
-    transpose_heads(kt, k, c.n, c.KV, c.dh, c.ldt);
-    c.kt = kt;
+    ERGO_ASSERT(scr);
     int n_items;
     at_item *items = items_make(a, c.H, BQ, 1, &n_items);
 #pragma omp parallel for schedule(dynamic, 1)
     for (int it = 0; it < n_items; it++)
-        forward_tile(&c, &items[it], out, lse, q, v, scr + per * (size_t)thread_num());
+        forward_tile(&c, &items[it], out, lse, q, k, v, scr + per * (size_t)thread_num());
     free(items);
     free(scr);
-    free(kt);
 }
 
 /* ---- the backward ----
@@ -634,10 +648,11 @@ static bwd_tiles bwd_tiles_at(float *s, int dh) {
 
 /* K^T, V^T and K of key tile j0 (jn keys) of kv head g into the scratch */
 static void pack_keys(const at_ctx *c, const bwd_tiles *t, const at_item *w, int g, int j0, int jn,
-                      const float *k) {
-    pack_t(c, t->ktp, c->kt, g, w->s0 + j0);
-    pack_t(c, t->vtp, c->vt, g, w->s0 + j0);
-    pack_rows(t->kp, k + (size_t)(w->s0 + j0) * c->ldk + (size_t)g * c->dh, c->ldk, jn, c->dh);
+                      const float *k, const float *v) {
+    const size_t off = (size_t)(w->s0 + j0) * c->ldk + (size_t)g * c->dh;
+    c->o->pack_t(t->ktp, k + off, c->ldk, jn, c->dh);
+    c->o->pack_t(t->vtp, v + off, c->ldk, jn, c->dh);
+    pack_rows(t->kp, k + off, c->ldk, jn, c->dh);
 }
 
 /* Q and dO of query rows [i0, i0 + nq) of head h into the scratch */
@@ -682,7 +697,8 @@ static void store_dkdv(const at_ctx *c, const bwd_tiles *t, const at_item *w, in
 
 /* The fused schedule: everything of one (span, kv head). */
 static void backward_group(const at_ctx *c, const at_item *w, float *dq, float *dk, float *dv,
-                           const float *dout, const float *q, const float *k, const float *lse,
+                           const float *dout, const float *q, const float *k, const float *v,
+                           const float *lse,
                            const float *Dv, float *scr) {
     const int dh = c->dh, g = w->h;
     const bwd_tiles t = bwd_tiles_at(scr, dh);
@@ -690,7 +706,7 @@ static void backward_group(const at_ctx *c, const at_item *w, float *dq, float *
         memset(dq + (size_t)i * c->ldq + (size_t)g * c->rep * dh, 0, sizeof(float) * (size_t)c->rep * dh);
     for (int j0 = 0; j0 < w->len; j0 += BK) {
         const int jn = imin(w->len - j0, BK);
-        pack_keys(c, &t, w, g, j0, jn, k);
+        pack_keys(c, &t, w, g, j0, jn, k, v);
         memset(t.dK, 0, sizeof(float) * 2 * (size_t)BK * dh); /* dK, dV */
         const int istart = c->a->causal ? j0 / BQ * BQ : 0; /* earlier rows see none of these keys */
         for (int hh = 0; hh < c->rep; hh++) {
@@ -714,11 +730,12 @@ static void backward_group(const at_ctx *c, const at_item *w, float *dq, float *
 
 /* Two passes, first: dK, dV of one (span, kv head, key tile). */
 static void backward_kv_tile(const at_ctx *c, const at_item *w, float *dk, float *dv,
-                             const float *dout, const float *q, const float *k, const float *lse,
+                             const float *dout, const float *q, const float *k, const float *v,
+                             const float *lse,
                              const float *Dv, float *scr) {
     const int dh = c->dh, g = w->h, j0 = w->t0, jn = imin(w->len - j0, BK);
     const bwd_tiles t = bwd_tiles_at(scr, dh);
-    pack_keys(c, &t, w, g, j0, jn, k);
+    pack_keys(c, &t, w, g, j0, jn, k, v);
     memset(t.dK, 0, sizeof(float) * 2 * (size_t)BK * dh);
     const int istart = c->a->causal ? j0 / BQ * BQ : 0;
     for (int hh = 0; hh < c->rep; hh++) {
@@ -735,7 +752,8 @@ static void backward_kv_tile(const at_ctx *c, const at_item *w, float *dk, float
 
 /* Two passes, second: dQ of one (span, head, query tile). */
 static void backward_q_tile(const at_ctx *c, const at_item *w, float *dq, const float *dout,
-                            const float *q, const float *k, const float *lse, const float *Dv,
+                            const float *q, const float *k, const float *v, const float *lse,
+                            const float *Dv,
                             float *scr) {
     const int dh = c->dh, h = w->h, g = h / c->rep, i0 = w->t0, nq = imin(w->len - i0, BQ);
     const bwd_tiles t = bwd_tiles_at(scr, dh);
@@ -744,7 +762,7 @@ static void backward_q_tile(const at_ctx *c, const at_item *w, float *dq, const 
     const int jend = c->a->causal ? i0 + nq : w->len;
     for (int j0 = 0; j0 < jend; j0 += BK) {
         const int jn = imin(w->len - j0, BK);
-        pack_keys(c, &t, w, g, j0, jn, k);
+        pack_keys(c, &t, w, g, j0, jn, k, v);
         tile_p_ds(c, &t, w, h, i0, nq, j0, jn, lse, Dv);
         c->o->mm(t.dQ, dh, nq, t.dS, BK, 1, t.kp, dh, jn, dh, 1, t.spare); /* dQ += dS K */
     }
@@ -761,18 +779,11 @@ void attn_train_backward(const attn_train_args *a, float *dq, float *dk, float *
                 .dh = a->dh, .rep = a->heads / a->kv_heads};
     c.ldq = (size_t)c.H * c.dh;
     c.ldk = (size_t)c.KV * c.dh;
-    c.ldt = transposed_ld(c.n);
-    const size_t tsz = (size_t)c.KV * c.dh * c.ldt;
-    float *kt = malloc(sizeof(float) * 2 * tsz);                   /* K^T, V^T */
     float *Dv = malloc(sizeof(float) * (size_t)c.H * (size_t)c.n); /* (H, N) dO . O */
     const int nth = max_threads();
     const size_t per = bwd_scratch(c.dh);
     float *scr = calloc(per * (size_t)nth, sizeof(float));
-    ERGO_ASSERT(kt && Dv && scr);
-    transpose_heads(kt, k, c.n, c.KV, c.dh, c.ldt);
-    transpose_heads(kt + tsz, v, c.n, c.KV, c.dh, c.ldt);
-    c.kt = kt;
-    c.vt = kt + tsz;
+    ERGO_ASSERT(Dv && scr);
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < c.n; i++)
         for (int h = 0; h < c.H; h++) {
@@ -788,7 +799,7 @@ void attn_train_backward(const attn_train_args *a, float *dq, float *dk, float *
         at_item *gi = items_make(a, c.KV, 0, 0, &n_g);
 #pragma omp parallel for schedule(dynamic, 1)
         for (int it = 0; it < n_g; it++)
-            backward_group(&c, &gi[it], dq, dk, dv, dout, q, k, lse, Dv, scr + per * (size_t)thread_num());
+            backward_group(&c, &gi[it], dq, dk, dv, dout, q, k, v, lse, Dv, scr + per * (size_t)thread_num());
         free(gi);
     } else {
         int n_kv, n_q;
@@ -799,14 +810,13 @@ void attn_train_backward(const attn_train_args *a, float *dq, float *dk, float *
             float *s = scr + per * (size_t)thread_num();
 #pragma omp for schedule(dynamic, 1)
             for (int it = 0; it < n_kv; it++)
-                backward_kv_tile(&c, &kvi[it], dk, dv, dout, q, k, lse, Dv, s);
+                backward_kv_tile(&c, &kvi[it], dk, dv, dout, q, k, v, lse, Dv, s);
 #pragma omp for schedule(dynamic, 1)
-            for (int it = 0; it < n_q; it++) backward_q_tile(&c, &qi[it], dq, dout, q, k, lse, Dv, s);
+            for (int it = 0; it < n_q; it++) backward_q_tile(&c, &qi[it], dq, dout, q, k, v, lse, Dv, s);
         }
         free(kvi);
         free(qi);
     }
     free(scr);
     free(Dv);
-    free(kt);
 }
