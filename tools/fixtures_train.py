@@ -386,7 +386,7 @@ def run_lora(name, ckpt, conv, pix, tmp):
     _, grads64 = lora_tensors(pm64)
     rec = base_record(name, ckpt, conv, model)
     rec["loss"] = float(out.loss)
-    save_inputs(name, pix, rec)
+    save_inputs("one_image", pix, rec)  # the one_image input, stored once
     vals, grads = lora_tensors(pm)
     f = f"{name}.lora.safetensors"
     save_file({**{f"value:{k}": v for k, v in vals.items()},
@@ -655,6 +655,16 @@ def main():
                              "2-D weights (asserted), but the vision tower's norm1 / norm2 / "
                              "merger.ln_q weights (Qwen2RMSNorm, names not matched) WOULD "
                              "be decayed by the Trainer; adamw_5 freezes visual.*",
+        "grad_notes": [
+            "tied checkpoint (train_tied): one parameter, model.embed_tokens.weight; its "
+            "gradient is the sum of the embedding's and the head's (no lm_head.weight entry)",
+            "the input embedding rows of <|image_pad|> positions get no gradient through the "
+            "input (masked_scatter replaces them; in the tied case the head still gives one)",
+            "the config has no pad_token_id, so embed_tokens has no padding_idx (a "
+            "padding_idx row would get no gradient in torch)",
+            "grad_none: trainable parameters torch leaves with .grad None (the vision tower "
+            "on a text-only input); frozen: requires_grad False",
+        ],
         "checkpoints": {k: f"cases/{k}.json" for k in CKPTS},
         "cases": cases,
         "optim": "optim.json",
