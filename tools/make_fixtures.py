@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-AREAS = ["tokenizer", "image", "checkpoint", "vision", "text", "pipeline"]
+AREAS = ["tokenizer", "image", "checkpoint", "vision", "text", "pipeline", "train"]
 
 
 def main() -> int:

@@ -44,6 +44,19 @@ void linear_backward_input_ref(float *dx, const float *dy, const kweight *w, int
                                int accumulate);
 void linear_backward_weight_ref(float *dw, float *db, const float *dy, const float *x, int n,
                                 int m, int k);
+/* The products of one ISA (tests run every ISA the CPU has; the two public functions
+ * use the one kernels_init chose, kern.isa). ISA_REF gives the _ref functions above
+ * (double accumulation); AVX2 and AVX-512 the AVX2+FMA kernels (f32 FMA chains:
+ * there is no AVX-512 variant yet). */
+typedef struct linear_backward_kernels {
+    void (*input)(float *dx, const float *dy, const kweight *w, int n, int accumulate);
+    void (*weight)(float *dw, float *db, const float *dy, const float *x, int n, int m, int k);
+} linear_backward_kernels;
+void linear_backward_kernels_for(linear_backward_kernels *t, cpu_isa isa);
+void linear_backward_input_avx2(float *dx, const float *dy, const kweight *w, int n,
+                                int accumulate);
+void linear_backward_weight_avx2(float *dw, float *db, const float *dy, const float *x, int n,
+                                 int m, int k);
 
 /* ---- element-wise and row-wise (ops_backward.c) ----
  *
@@ -68,6 +81,7 @@ void rmsnorm_backward_ref(float *dx, float *dw, const float *dy, const float *x,
 void silu_mul_backward_ref(float *dg, float *du, const float *dh, const float *g,
                            const float *u, size_t n);
 void gelu_erf_backward_ref(float *dx, const float *dy, const float *x, size_t n);
+void embedding_backward_ref(float *dE, const float *dy, const int32_t *ids, int n, int d);
 
 /* ---- rotary (rope.c) ----
  * rope_apply_inverse: the backward of rope_apply, which is a rotation by +theta of
