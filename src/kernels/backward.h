@@ -44,6 +44,19 @@ void linear_backward_input_ref(float *dx, const float *dy, const kweight *w, int
                                int accumulate);
 void linear_backward_weight_ref(float *dw, float *db, const float *dy, const float *x, int n,
                                 int m, int k);
+/* The products of one ISA (tests run every ISA the CPU has; the two public functions
+ * use the one kernels_init chose, kern.isa). ISA_REF gives the _ref functions above
+ * (double accumulation); AVX2 and AVX-512 the AVX2+FMA kernels (f32 FMA chains:
+ * there is no AVX-512 variant yet). */
+typedef struct linear_backward_kernels {
+    void (*input)(float *dx, const float *dy, const kweight *w, int n, int accumulate);
+    void (*weight)(float *dw, float *db, const float *dy, const float *x, int n, int m, int k);
+} linear_backward_kernels;
+void linear_backward_kernels_for(linear_backward_kernels *t, cpu_isa isa);
+void linear_backward_input_avx2(float *dx, const float *dy, const kweight *w, int n,
+                                int accumulate);
+void linear_backward_weight_avx2(float *dw, float *db, const float *dy, const float *x, int n,
+                                 int m, int k);
 
 /* ---- element-wise and row-wise (ops_backward.c) ----
  *
