@@ -203,7 +203,9 @@ static int block_trainable(const vision_block_weights *g) {
 static void weight_grad(const weight *gw, const weight *gb, const float *dy, const float *x,
                         int n, int m, int k) {
     float *dw = train_grad(gw), *db = gb ? train_grad(gb) : NULL;
-    if (dw || db) linear_backward_weight(dw, db, dy, x, n, m, k);
+    /* a frozen weight beside a trained bias: the bias sums alone, as a (m, 0) weight
+     * (backward.h allows dw = NULL; k = 0 also keeps a kernel that reads dw safe) */
+    if (dw || db) linear_backward_weight(dw, db, dy, x, n, m, dw ? k : 0);
 }
 
 /* Whether the weights' shapes are those of the state's config (a state sized for
