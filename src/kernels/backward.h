@@ -81,6 +81,7 @@ void rmsnorm_backward_ref(float *dx, float *dw, const float *dy, const float *x,
 void silu_mul_backward_ref(float *dg, float *du, const float *dh, const float *g,
                            const float *u, size_t n);
 void gelu_erf_backward_ref(float *dx, const float *dy, const float *x, size_t n);
+void embedding_backward_ref(float *dE, const float *dy, const int32_t *ids, int n, int d);
 
 /* ---- rotary (rope.c) ----
  * rope_apply_inverse: the backward of rope_apply, which is a rotation by +theta of
