@@ -11,11 +11,17 @@
  *
  * A vision_train_state holds ONE image's saved activations (a sample with two
  * images uses two states): forward(image) ... backward(that image's output grad).
+ * Its buffers are allocated once for max_patches (none inside the passes): about
+ * N (K + (depth+1) D + depth (5 D + 2 F + H) + D) floats kept plus
+ * N (11 D + 3 F + 3 Dh/2) + 2 (N/4) Do of scratch (vision_train.c), i.e. 26 KB per
+ * patch for training.md's tiny-A tower, 1.9 MB per patch for 7B's.
  *
- *   vision_train_state vs;  vision_train_state_init(&vs, &cfg.vision, max_patches, &err);
- *   vision_train_forward(&vs, &w, pixels, gt, gh, gw, rows, &err); // rows (N/4, Do), raster
+ *   vision_train_state *vs;
+ *   vision_train_state_new(&vs, &cfg.vision, max_patches, &err);
+ *   vision_train_forward(vs, &w, pixels, gt, gh, gw, rows, &err); // rows (N/4, Do), raster
  *   ... the language model uses rows, computes d_rows ...
- *   vision_train_backward(&vs, &w, &g, d_rows);
+ *   vision_train_backward(vs, &w, &g, d_rows);
+ *   vision_train_state_free(vs);
  */
 #ifndef ERGO_VISION_TRAIN_H
 #define ERGO_VISION_TRAIN_H
@@ -41,7 +47,10 @@ ergo_status vision_train_forward(vision_train_state *st, const model_weights *w,
                                  float *out, ergo_error *err);
 
 /* Given d_out (N/U, out_hidden) = dL/d(out), in raster order: accumulates the
- * gradients of every vision weight whose gradient buffer in g is not NULL. */
+ * gradients of every vision weight whose gradient buffer in g is not NULL, for the
+ * image of the last successful vision_train_forward on st with the same w (a no-op
+ * when there is none). Gradients below the lowest trainable parameter are not
+ * computed (a tower frozen up to the merger costs only the merger's backward). */
 void vision_train_backward(vision_train_state *st, const model_weights *w, model_weights *g,
                            const float *d_out);
 
