@@ -89,8 +89,8 @@ $(BUILD)/libergo.a: $(patsubst %.c,$(BUILD)/release/%.o,$(LIB_SRC))
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/release/src/cli/cmd_eval.o: CFLAGS_RELEASE += $(MPI_CFLAGS)
-$(BUILD)/asan/src/cli/cmd_eval.o: CFLAGS_ASAN += $(MPI_CFLAGS)
+$(BUILD)/release/src/cli/cmd_eval.o $(BUILD)/release/src/cli/train_dist.o: CFLAGS_RELEASE += $(MPI_CFLAGS)
+$(BUILD)/asan/src/cli/cmd_eval.o $(BUILD)/asan/src/cli/train_dist.o: CFLAGS_ASAN += $(MPI_CFLAGS)
 
 $(BUILD)/ergo: $(patsubst %.c,$(BUILD)/release/%.o,$(CLI_SRC)) $(BUILD)/libergo.a
 	$(CC) $(CFLAGS_RELEASE) $^ $(LDLIBS) $(MPI_LIBS) -o $@

@@ -314,10 +314,13 @@ static int bench_backward(int argc, char **argv) {
 
 /* `ergo bench model ...` (or `ergo bench --random 7b ...`): cmd_bench_model.c */
 int bench_model_main(int argc, char **argv);
+/* `ergo bench train ...`: cmd_bench_train.c */
+int cmd_bench_train(int argc, char **argv);
 
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ergo bench model (-m DIR | --random 7b|3b) [options]  (see ergo help bench model)\n"
+            "       ergo bench train [--preset tiny-a|tiny-b|7b] [options]  (see ergo bench train --help)\n"
             "       ergo bench inputs --model DIR [--text FILE] [--image FILE] [--reps N]\n"
             "       ergo bench backward [--rows N] [--shape MxK] [--reps N] [--threads N]\n"
             "  Times the input side: tokenizer load/encode/decode over FILE's text, and\n"
@@ -330,6 +333,7 @@ int cmd_bench(int argc, char **argv) {
     int reps = 5;
     if (argc >= 2 && !strcmp(argv[1], "model")) return bench_model_main(argc - 2, argv + 2);
     if (argc >= 2 && !strcmp(argv[1], "backward")) return bench_backward(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "train")) return cmd_bench_train(argc - 1, argv + 1);
     if (argc >= 2 && (!strcmp(argv[1], "--random") || !strcmp(argv[1], "--model")))
         return bench_model_main(argc - 1, argv + 1);
     if (argc < 2 || strcmp(argv[1], "inputs") != 0) {
