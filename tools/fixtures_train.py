@@ -643,11 +643,12 @@ def main():
             "adamw_weights": {"atol": 1e-4, "rtol": 0.0},
             "note": "each case records f32_vs_f64: the same computation in float64 "
                     "against the float32 reference. Gradients of the f32 reference are "
-                    "within ~1.2e-6 absolute of float64 (2.3e-6 of the largest gradient of "
-                    "their tensor), losses within 5e-7, the AdamW weights within 8e-6 after "
-                    "5 steps (Adam's m / sqrt(v) magnifies noise where g ~ 0). A C "
+                    "within 2.6e-6 absolute of float64 and 2.4e-6 of the largest gradient "
+                    "of their tensor (the large errors sit on O(1) gradients, which rtol "
+                    "covers), losses within 2e-6, the AdamW weights within 8e-6 after 5 "
+                    "steps (Adam's m / sqrt(v) magnifies noise where g ~ 0). A C "
                     "implementation as accurate as torch's is within twice that of the "
-                    "reference; the bounds leave 4x-10x on top",
+                    "reference; the bounds leave 2x-10x on top",
         },
         "weight_decay_note": "Trainer.get_decay_parameter_names excludes names matching "
                              "bias / layernorm / rmsnorm / (^|.)norm($|.) / _norm($|.) and "
