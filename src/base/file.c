@@ -98,6 +98,18 @@ ergo_status file_write_all(const char *path, const void *data, size_t size, ergo
     return ERGO_OK;
 }
 
+ergo_status path_fsync(const char *path, ergo_error *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ergo_fail(err, ERGO_E_IO, "%s: cannot open to sync: %s", path, strerror(errno));
+    if (fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        return ergo_fail(err, ERGO_E_IO, "%s: fsync failed: %s", path, strerror(e));
+    }
+    close(fd);
+    return ERGO_OK;
+}
+
 int file_exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);

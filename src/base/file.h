@@ -33,6 +33,10 @@ ergo_status file_read_all(const char *path, size_t max_bytes, char **out, size_t
 /* Writes size bytes to path (created or truncated). */
 ergo_status file_write_all(const char *path, const void *data, size_t size, ergo_error *err);
 
+/* fsync(2) of a file or a directory (open read-only, fsync, close): makes a written
+ * file's bytes, or a directory's entries (a create, a rename), durable. */
+ergo_status path_fsync(const char *path, ergo_error *err);
+
 int file_exists(const char *path);
 int dir_exists(const char *path);
 
