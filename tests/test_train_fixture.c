@@ -70,14 +70,14 @@ static void check_forward_loss(const model *m, const json_t *man, const json_t *
         if (labels[i + 1] == -100) continue;
         const float *row = logits + (size_t)i * V;
         double mx = row[0], z = 0;
-        for (int j = 1; j < V; j++) mx = row[j] > mx ? row[j] : mx;
+        for (int j = 1; j < V; j++) mx = (double)row[j] > mx ? (double)row[j] : mx;
         for (int j = 0; j < V; j++) z += exp((double)row[j] - mx);
         sum += mx + log(z) - (double)row[labels[i + 1]];
         count++;
     }
     double atol, rtol;
     trf_tol(man, "loss", &atol, &rtol);
-    const double loss = count ? sum / count : NAN;
+    const double loss = count ? sum / count : (double)NAN;
     CHECK(fabs(loss - want) <= atol + rtol * fabs(want),
           "%s: ergo's forward gives loss %.7f, the reference %.7f (|err| %.2g)", name, loss, want,
           fabs(loss - want));

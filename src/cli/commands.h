@@ -11,6 +11,7 @@ int cmd_inspect(int argc, char **argv);
 int cmd_preprocess(int argc, char **argv);
 int cmd_make_checkpoint(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_download(int argc, char **argv);
 int cmd_run(int argc, char **argv);
