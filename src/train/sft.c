@@ -305,7 +305,8 @@ static ergo_status setup(sft_run_ctx *r, const char *model_dir, int64_t *start_s
     r->dcfg = (sft_config){&e->ct, e->tok, &e->pc, mrope_ids_from_config(&e->m.config),
                            o->max_tokens, o->max_images, 0, {0, 0}};
     if ((s = train_model_init(&r->tm, &e->m, &o->train, err))) return s;
-    if ((s = train_states_init(&r->ts, &r->tm, o->max_tokens, o->max_patches, o->max_images, err)))
+    if ((s = train_states_init(&r->ts, &r->tm, o->max_tokens, o->max_patches, o->max_images,
+                                 o->recompute, err)))
         return s;
     r->logp = malloc(sizeof(float) * (size_t)o->max_tokens);
     r->g = malloc(sizeof(float) * (size_t)o->max_tokens);
