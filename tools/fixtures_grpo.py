@@ -38,8 +38,6 @@ GRID = 2.0 ** -12
 IM_END, IMAGE_PAD, ENDOFTEXT = 151645, 151655, 151643
 IM_START, VISION_START, VISION_END = 151644, 151652, 151653
 
-torch.set_default_dtype(torch.float64)
-
 
 def q(x):
     """Round to the 2^-12 grid (float32- and float64-exact)."""
@@ -52,7 +50,7 @@ def q(x):
 
 def trl_advantages(rewards, num_generations, scale_rewards):
     """grpo_trainer.py lines 1443-1464, 1501-1503 (rewards already summed, line 1441)."""
-    rewards = torch.tensor(rewards)
+    rewards = torch.tensor(rewards, dtype=torch.float64)
     # 1444: mean_grouped_rewards = rewards.view(-1, self.num_generations).mean(dim=1)
     mean_grouped_rewards = rewards.view(-1, num_generations).mean(dim=1)
     # 1447-1448
@@ -330,6 +328,7 @@ def mask_cases(rng):
 
 
 def main():
+    torch.set_default_dtype(torch.float64)
     rng = np.random.default_rng(20260412)
     data = {
         "reference": "huggingface/trl v0.23.0 trl/trainer/grpo_trainer.py (_compute_loss lines "
