@@ -123,7 +123,7 @@ static void lcase_free(lcase *c) {
 }
 
 static double batch_loss(lcase *c, float *g, grpo_stats *st) {
-    double loss = NAN;
+    double loss = (double)NAN;
     ergo_error err = {0};
     ergo_status s = grpo_batch_loss(&c->cfg, &c->nm, c->seq, c->B, g, &loss, st, &err);
     CHECK(s == ERGO_OK, "%s: %s", c->name, err.msg);
@@ -172,7 +172,7 @@ static void test_loss_case(const json_t *j, int *n_fd, int *n_clip_low, int *n_c
     for (int i = 0; i < c.B; i++) with_ref[i] = c.seq[i], with_ref[i].ref_logp = c.ref + (size_t)i * c.T;
     {
         grpo_stats st2;
-        double l2 = NAN;
+        double l2 = (double)NAN;
         ergo_error err = {0};
         CHECK(grpo_batch_loss(&c.cfg, &c.nm, with_ref, c.B, g2, &l2, &st2, &err) == ERGO_OK, "%s: %s",
               c.name, err.msg);
@@ -190,7 +190,7 @@ static void test_loss_case(const json_t *j, int *n_fd, int *n_clip_low, int *n_c
     if (!c.old) {
         grpo_seq s2[8];
         for (int i = 0; i < c.B; i++) s2[i] = c.seq[i], s2[i].old_logp = c.seq[i].logp;
-        double l2 = NAN;
+        double l2 = (double)NAN;
         ergo_error err = {0};
         CHECK(grpo_batch_loss(&c.cfg, &c.nm, s2, c.B, g2, &l2, NULL, &err) == ERGO_OK, "%s", err.msg);
         CHECK(l2 == loss && memcmp(g, g2, BT * sizeof(float)) == 0,
@@ -216,7 +216,7 @@ static void test_loss_case(const json_t *j, int *n_fd, int *n_clip_low, int *n_c
                                NULL, (int)(k - k0), c.seq[i].advantage};
         }
         grpo_norm nm2 = c.nm;
-        double l2 = NAN;
+        double l2 = (double)NAN;
         ergo_error err = {0};
         CHECK(grpo_batch_loss(&c.cfg, &nm2, s2, c.B, gc, &l2, NULL, &err) == ERGO_OK, "%s", err.msg);
         int same = l2 == loss && nm2.n_tokens == c.nm.n_tokens;
@@ -247,7 +247,7 @@ static void test_loss_case(const json_t *j, int *n_fd, int *n_clip_low, int *n_c
             const float x = c.logp[at];
             c.logp[at] = x + step;
             ergo_error err = {0};
-            double lp_ = NAN, lm_ = NAN;
+            double lp_ = (double)NAN, lm_ = (double)NAN;
             grpo_batch_loss(&c.cfg, &c.nm, c.seq, c.B, g2, &lp_, NULL, &err);
             c.logp[at] = x - step;
             grpo_batch_loss(&c.cfg, &c.nm, c.seq, c.B, g2, &lm_, NULL, &err);
@@ -375,7 +375,7 @@ static void test_refusals(void) {
     grpo_config_default(&c);
     bad = c, bad.eps_low = 1.0;
     CHECK_REFUSED(grpo_config_check(&bad, &err), "eps_low");
-    bad = c, bad.eps_high = NAN;
+    bad = c, bad.eps_high = (double)NAN;
     CHECK_REFUSED(grpo_config_check(&bad, &err), "eps_high");
     bad = c, bad.delta = 0.9;
     CHECK_REFUSED(grpo_config_check(&bad, &err), "delta");
@@ -398,7 +398,7 @@ static void test_refusals(void) {
 
     double r[9] = {1, 0, 1, 0, 1, 0, 1, 0, 1}, adv[9];
     CHECK_REFUSED(grpo_advantages(&c, r, 9, adv, NULL, NULL, &err), "whole groups");
-    r[3] = NAN;
+    r[3] = (double)NAN;
     CHECK_REFUSED(grpo_advantages(&c, r, 8, adv, NULL, NULL, &err), "reward 3");
 
     float lp[3] = {-1, -2, -3}, ref[3] = {-1, -2, -3}, g[3];
@@ -409,7 +409,7 @@ static void test_refusals(void) {
     lp[1] = INFINITY;
     CHECK_REFUSED(grpo_seq_loss(&c, &nm, &s, g, NULL, &err), "logp[1]");
     lp[1] = -2;
-    s.advantage = NAN;
+    s.advantage = (double)NAN;
     CHECK_REFUSED(grpo_seq_loss(&c, &nm, &s, g, NULL, &err), "advantage");
     s.advantage = 0.5;
     grpo_config d = c;

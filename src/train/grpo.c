@@ -269,7 +269,7 @@ ergo_status grpo_seq_loss(const grpo_config *c, const grpo_norm *nm, const grpo_
             g[t] = 0.0f;
             continue;
         }
-        const double lp = s->logp[t];
+        const double lp = (double)s->logp[t];
         /* old = lp.detach() when absent: the same value, held fixed */
         const double old = s->old_logp ? (double)s->old_logp[t] : lp;
         const tok_out o = token_loss(c, lp, old, s->ref_logp != NULL,
