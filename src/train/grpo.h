@@ -56,7 +56,9 @@
 #include "base/status.h"
 
 typedef enum grpo_loss_type {
-    GRPO_LOSS_GRPO = 0, /* VLM-R1 and TRL "grpo": mean over sequences of the token mean */
+    GRPO_LOSS_GRPO = 0, /* VLM-R1 and TRL "grpo": mean over sequences of the token mean
+                           (TRL clamps each count to >= 1; VLM-R1 does not and gives NaN
+                           for a sequence without loss tokens: we follow TRL) */
     GRPO_LOSS_BNPO,     /* TRL v0.17-v0.21 default: token mean of the micro-batch */
     GRPO_LOSS_DR_GRPO,  /* Dr. GRPO: token sum / (B * max_completion_length) */
     GRPO_LOSS_DAPO,     /* TRL v0.22+ default: token sum / (global tokens / P) */
@@ -125,7 +127,10 @@ typedef struct grpo_norm {
 } grpo_norm;
 
 /* One sequence's per-token arrays: the tokens with a target, in position order (what
- * train_forward returns for targets from grpo_build_mask; then mask is NULL). */
+ * train_forward returns for targets from grpo_build_mask; then mask is NULL). All three
+ * log-probabilities must come from the same temperature tau (TRL divides the policy's,
+ * the old policy's and the reference's logits by it; VLM-R1 uses tau = 1): the
+ * training.md section 1.7 trap. train_backward applies the 1/tau of dz. */
 typedef struct grpo_seq {
     const float *logp;     /* (n) policy log-probabilities, this forward (at tau) */
     const float *old_logp; /* (n) the policy's at rollout time (mu > 1 or lagging
