@@ -4,7 +4,6 @@
  * with libcurl; the same records as the in-process runner.
  */
 #include <curl/curl.h>
-#include <gd.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "base/clock.h"
+#include "eval/chat_client.h"
 #include "eval/eval_internal.h"
 #include "image/preprocess.h"
 #include "pipeline/ergo.h"
@@ -24,34 +24,9 @@
 #define PROC_MIN_PIXELS 3136
 #define PROC_MAX_PIXELS 12845056
 
+/* The reference labels its PNGs "image/jpeg" (sic). */
 static char *png_base64(const image *im, ergo_error *err) {
-    gdImagePtr g = gdImageCreateTrueColor(im->width, im->height);
-    if (!g) { ergo_fail(err, ERGO_E_NOMEM, "out of memory (PNG)"); return NULL; }
-    const uint8_t *p = im->rgb;
-    for (int y = 0; y < im->height; y++)
-        for (int x = 0; x < im->width; x++, p += 3) g->tpixels[y][x] = gdTrueColor(p[0], p[1], p[2]);
-    int size = 0;
-    unsigned char *png = gdImagePngPtr(g, &size);
-    gdImageDestroy(g);
-    if (!png) { ergo_fail(err, ERGO_E_NOMEM, "cannot encode a PNG"); return NULL; }
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    static const char pre[] = "data:image/jpeg;base64,"; /* sic: the reference's label */
-    size_t n = (size_t)size, out_n = sizeof pre - 1 + (n + 2) / 3 * 4;
-    char *o = malloc(out_n + 1);
-    if (!o) { gdFree(png); ergo_fail(err, ERGO_E_NOMEM, "out of memory (base64)"); return NULL; }
-    memcpy(o, pre, sizeof pre - 1);
-    char *w = o + sizeof pre - 1;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)png[i] << 16 | (i + 1 < n ? (uint32_t)png[i + 1] << 8 : 0) |
-                     (i + 2 < n ? png[i + 2] : 0);
-        *w++ = tab[v >> 18 & 63];
-        *w++ = tab[v >> 12 & 63];
-        *w++ = i + 1 < n ? tab[v >> 6 & 63] : '=';
-        *w++ = i + 2 < n ? tab[v & 63] : '=';
-    }
-    *w = 0;
-    gdFree(png);
-    return o;
+    return chat_client_image_url(im, "image/jpeg", err);
 }
 
 static json_t *user_turn(const char *url, const char *text) {
@@ -59,82 +34,23 @@ static json_t *user_turn(const char *url, const char *text) {
                      "image_url", "image_url", "url", url, "type", "text", "text", text);
 }
 
-typedef struct buf { char *p; size_t n; } buf;
-
-static size_t on_body(char *d, size_t sz, size_t nm, void *u) {
-    buf *b = u;
-    size_t n = sz * nm;
-    if (b->n + n > ((size_t)64 << 20)) return 0;
-    char *q = realloc(b->p, b->n + n + 1);
-    if (!q) return 0;
-    memcpy(q + b->n, d, n);
-    b->p = q, b->n += n, b->p[b->n] = 0;
-    return n;
-}
-
-static void sleep_ms(double ms) {
-    struct timespec ts = {(time_t)(ms / 1000), (long)((ms - 1000.0 * (double)(time_t)(ms / 1000)) * 1e6)};
-    nanosleep(&ts, NULL);
-}
-
 /* One POST of body; the assistant content (malloc'd), usage into prompt and completion. */
 static ergo_status post_chat(const eval_config *c, CURL *h, const char *url, json_t *body,
                              char **content, int64_t *prompt, int64_t *completion, ergo_error *err) {
-    char *txt = json_dumps(body, JSON_COMPACT);
-    if (!txt) return ergo_fail(err, ERGO_E_NOMEM, "out of memory (request)");
-    char auth[512];
-    snprintf(auth, sizeof auth, "Authorization: Bearer %s", c->api_key ? c->api_key : "EMPTY");
-    struct curl_slist *hd = curl_slist_append(NULL, "Content-Type: application/json");
-    hd = curl_slist_append(hd, "Accept: application/json");
-    hd = curl_slist_append(hd, auth);
-    ergo_status s = ERGO_E_IO;
-    double delay = c->retry_base_ms;
-    for (int attempt = 0; attempt <= c->max_retries; attempt++) {
-        buf b = {0};
-        curl_easy_reset(h);
-        curl_easy_setopt(h, CURLOPT_URL, url);
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, hd);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, txt);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(txt));
-        curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-        curl_easy_setopt(h, CURLOPT_WRITEDATA, &b);
-        curl_easy_setopt(h, CURLOPT_TIMEOUT, 600L);
-        curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, 5L);
-        curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-        CURLcode cc = curl_easy_perform(h);
-        long code = 0;
-        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
-        int retry = cc != CURLE_OK || code == 408 || code == 409 || code == 429 || code >= 500;
-        if (cc == CURLE_OK && code == 200) {
-            json_error_t je;
-            json_t *r = json_loadb(b.p ? b.p : "", b.n, 0, &je);
-            const char *ct = json_string_value(json_object_get(
-                json_object_get(json_array_get(json_object_get(r, "choices"), 0), "message"), "content"));
-            if (ct) {
-                *content = strdup(ct);
-                json_t *u = json_object_get(r, "usage");
-                *prompt = json_integer_value(json_object_get(u, "prompt_tokens"));
-                *completion = json_integer_value(json_object_get(u, "completion_tokens"));
-                s = *content ? ERGO_OK : ergo_fail(err, ERGO_E_NOMEM, "out of memory");
-            } else {
-                s = ergo_fail(err, ERGO_E_FORMAT, "%s: the answer has no choices[0].message.content", url);
-            }
-            json_decref(r);
-            free(b.p);
-            break;
-        }
-        if (cc != CURLE_OK)
-            s = ergo_fail(err, ERGO_E_IO, "%s: %s (attempt %d)", url, curl_easy_strerror(cc), attempt + 1);
-        else
-            s = ergo_fail(err, ERGO_E_IO, "%s: HTTP %ld (attempt %d): %.200s", url, code, attempt + 1,
-                          b.p ? b.p : "");
-        free(b.p);
-        if (!retry) break;
-        if (attempt < c->max_retries) sleep_ms(delay);
-        delay = delay * 2 > 8000 ? 8000 : delay * 2;
+    chat_client_options o;
+    chat_client_options_default(&o);
+    o.api_key = c->api_key;
+    o.max_retries = c->max_retries;
+    o.retry_base_ms = c->retry_base_ms;
+    chat_client_reply r = {0};
+    ergo_status s = chat_client_post(h, url, &o, body, &r, err);
+    if (!s) {
+        *content = r.content;
+        r.content = NULL;
+        *prompt = r.prompt_tokens;
+        *completion = r.completion_tokens;
     }
-    curl_slist_free_all(hd);
-    free(txt);
+    chat_client_reply_free(&r);
     return s;
 }
 
