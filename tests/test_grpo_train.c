@@ -120,7 +120,7 @@ void test_grpo_train(void) {
     ergo_status st = train_model_init(&tm, &m, &tc, &err);
     CHECK(st == ERGO_OK, "train_model_init: %s", err.msg);
     if (st == ERGO_OK) {
-        st = train_states_init(&ts, &tm, MAX_TOK, 64, 2, &err);
+        st = train_states_init(&ts, &tm, MAX_TOK, 64, 2, 0, &err);
         CHECK(st == ERGO_OK, "train_states_init: %s", err.msg);
         if (st != ERGO_OK) train_model_free(&tm);
     }

@@ -210,8 +210,10 @@ static int train_sft(int argc, char **argv) {
 
 int cmd_train(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "sft")) return train_sft(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "grpo")) return cmd_train_grpo(argc - 1, argv + 1);
     FILE *f = argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) ? stdout : stderr;
     fputs("usage: ergo train sft --model DIR --data FILE.jsonl --out DIR [options]\n"
-          "  (ergo train sft --help for the options)\n", f);
+          "       ergo train grpo --model DIR --data FILE.jsonl --out DIR --judge ... [options]\n"
+          "  (ergo train sft --help, ergo train grpo --help for the options)\n", f);
     return f == stdout ? 0 : 2;
 }
