@@ -19,7 +19,10 @@
 #include "io/safetensors.h"
 #include "runtime/engine.h"
 #include "serve/server.h"
+#include "runtime/context.h"
 #include "train/grpo_train.h"
+#include "train/policy_weights.h"
+#include "train/step.h"
 #include "train/run_log.h"
 
 static char g_model[1100], g_data[1300];
@@ -226,6 +229,81 @@ static void check_judges(const engine *e) {
     server_stop(sv);
 }
 
+/* The rollouts' merged LoRA weights give the training forward's log-probabilities
+ * (x W + s (x A^T) B^T unmerged) within f32 rounding. */
+static void check_policy_weights(const engine *e) {
+    train_config tc = {0, 4, 8.0f, LORA_ALL_LINEARS, 0, 3};
+    train_model tm;
+    ergo_error err = {0};
+    if (train_model_init(&tm, &e->m, &tc, &err)) {
+        CHECK(0, "LoRA train model: %s", err.msg);
+        return;
+    }
+    /* non-zero B (PEFT starts it at 0, which would test nothing) */
+    uint64_t x = 99;
+    for (int l = 0; l < tm.cfg.text.n_layers; l++)
+        for (int t = 0; t < LORA_N_TARGETS; t++) {
+            lora_linear *ad = lora_at(&tm.lora, l, (lora_target)t);
+            for (size_t i = 0; ad && i < (size_t)ad->out * (size_t)tm.lora.rank; i++) {
+                x = x * 6364136223846793005ull + 1442695040888963407ull;
+                ad->b[i] = (float)((double)(x >> 40) / (double)(1ull << 24) - 0.5) * 0.2f;
+            }
+        }
+    enum { N = 12 };
+    int32_t ids[N], pos[3][N], targets[N];
+    for (int i = 0; i < N; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ids[i] = (int32_t)((x >> 33) % 150000u);
+        pos[0][i] = pos[1][i] = pos[2][i] = i;
+    }
+    for (int i = 0; i < N; i++) targets[i] = i + 1 < N ? ids[i + 1] : -1;
+    train_states ts;
+    float logp[N];
+    int n = 0;
+    ergo_status s = train_states_init(&ts, &tm, 64, 16, 0, 0, &err);
+    train_example ex = {{ids, {pos[0], pos[1], pos[2]}, targets, N, NULL, 0, e->m.config.image_token_id},
+                        NULL, 0};
+    if (!s) s = train_forward(&ts, &tm, &ex, 1.0f, logp, &n, &err);
+    CHECK(s == ERGO_OK && n == N - 1, "training forward with LoRA: %s (%d)", err.msg, n);
+    policy_weights pw;
+    engine view;
+    context c;
+    session ss;
+    int ok = !s && policy_weights_init(&pw, &tm, &err) == ERGO_OK;
+    CHECK(ok, "policy weights: %s", err.msg);
+    if (ok) {
+        engine_view(&view, e, &pw.w);
+        ok = context_init(&c, &view, &err) == ERGO_OK;
+        if (ok && context_session_init(&c, &ss, &err)) context_free(&c), ok = 0;
+        CHECK(ok, "policy context: %s", err.msg);
+    }
+    double worst = 0;
+    const int V = e->m.config.text.vocab_size;
+    for (int i = 0; ok && i + 1 < N; i++) {
+        context_piece p = {ids + i, 1, NULL, 0, NULL};
+        context_prefill_out pf;
+        if (context_prefill(&c, &ss, &p, &pf, &err)) {
+            CHECK(0, "prefill: %s", err.msg);
+            break;
+        }
+        double mx = -INFINITY, z = 0;
+        for (int v = 0; v < V; v++) mx = fmax(mx, (double)pf.logits[v]);
+        for (int v = 0; v < V; v++) z += exp((double)pf.logits[v] - mx);
+        const double want = (double)pf.logits[ids[i + 1]] - mx - log(z);
+        worst = fmax(worst, fabs(want - (double)logp[i]));
+    }
+    if (ok) {
+        CHECK(worst < 2e-4, "merged LoRA weights vs the unmerged training forward: max |d logp| %g", worst);
+        printf("  grpo_run: merged LoRA policy vs training forward: max |d logp| %.3g over %d tokens\n",
+               worst, N - 1);
+        session_free(&ss);
+        context_free(&c);
+    }
+    if (!s) policy_weights_free(&pw);
+    train_states_free(&ts);
+    train_model_free(&tm);
+}
+
 /* ---- two ranks in one process: a train_comm over two threads ---- */
 
 typedef struct thread_comm {
@@ -394,10 +472,18 @@ void test_grpo_run(void) {
     o.data_path = "/nonexistent/items.jsonl";
     CHECK(grpo_run(&e, g_model, &o, NULL, &res, &err) != ERGO_OK && strstr(err.msg, "/nonexistent"),
           "a missing data file: %s", err.msg);
-    options(&o, scratch("bad2"), 1);
-    o.train.lora_rank = 4;
-    CHECK(grpo_run(&e, g_model, &o, NULL, &res, &err) == ERGO_E_ARG && strstr(err.msg, "LoRA"),
-          "LoRA refused: %s", err.msg);
+    /* LoRA: the adapters train, the rollouts see them merged */
+    check_policy_weights(&e);
+    const char *lora = scratch("lora");
+    options(&o, lora, 2);
+    o.train = (train_config){0, 4, 8.0f, LORA_ALL_LINEARS, 0, 3};
+    o.lr = 1e-2f;
+    s = grpo_run(&e, g_model, &o, NULL, &res, &err);
+    CHECK(s == ERGO_OK && res.steps == 2, "LoRA run: %s", err.msg);
+    check_log(lora, 2, &kl, &norms);
+    CHECK(norms > 0 && kl > 0, "LoRA run: grad norms %g, KL after an update %g", norms, kl);
+    snprintf(a, sizeof a, "%s/checkpoint-2/adapter_model.safetensors", lora);
+    CHECK(file_exists(a), "LoRA run: no PEFT adapter in checkpoint-2");
     options(&o, scratch("bad3"), 1);
     o.objective.group_size = 3;
     CHECK(grpo_run(&e, g_model, &o, NULL, &res, &err) == ERGO_E_ARG, "group sizes that differ: %s",

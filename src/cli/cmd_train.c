@@ -57,29 +57,6 @@ static void usage(FILE *out) {
 "takes every K-th example of a step and the gradients are summed (rank 0 writes).\n", out);
 }
 
-static unsigned parse_targets(const char *list) {
-    if (!strcmp(list, "all")) return LORA_ALL_LINEARS;
-    unsigned bits = 0;
-    static const char *const short_names[LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
-    const char *p = list;
-    while (*p) {
-        const char *e = strchr(p, ',');
-        size_t len = e ? (size_t)(e - p) : strlen(p);
-        unsigned found = 0;
-        for (int t = 0; t < LORA_N_TARGETS; t++) {
-            const char *full = lora_target_name((lora_target)t);
-            if ((strlen(short_names[t]) == len && !strncmp(short_names[t], p, len)) ||
-                (strlen(full) == len && !strncmp(full, p, len)))
-                found = LORA_BIT(t);
-        }
-        if (!found) return 0;
-        bits |= found;
-        if (!e) break;
-        p = e + 1;
-    }
-    return bits;
-}
-
 static void mpi_sum_f32(void *ctx, float *buf, size_t n) { train_dist_sum_f32(ctx, buf, n); }
 static void mpi_sum_f64(void *ctx, double *buf, size_t n) { train_dist_sum_f64(ctx, buf, n); }
 
@@ -163,7 +140,7 @@ static int train_sft(int argc, char **argv) {
     if (lora_rank > 0) {
         o.train.lora_rank = (int)lora_rank;
         o.train.lora_alpha = lora_alpha > 0 ? (float)lora_alpha : 2.0f * (float)lora_rank;
-        o.train.lora_targets = parse_targets(targets);
+        o.train.lora_targets = lora_targets_parse(targets);
         o.train.use_rslora = rslora;
         if (!o.train.lora_targets)
             return cli_usage_error(NAME, "--lora-targets %.80s: a comma list of q,k,v,o,gate,up,down "

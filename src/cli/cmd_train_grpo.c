@@ -14,6 +14,7 @@
 #include "progress.h"
 #include "runtime/engine.h"
 #include "train/grpo_train.h"
+#include "train/lora.h"
 #include "train_dist.h"
 
 #define NAME "train grpo"
@@ -58,6 +59,8 @@ static void usage(FILE *out) {
 "  --lr LR (1e-6)        --schedule constant|cosine|linear (constant)  --warmup-steps N (0)\n"
 "  --max-grad-norm X (1) --weight-decay W (0) --adam-beta1 B (0.9) --adam-beta2 B (0.99)\n"
 "  --freeze LIST         vision,merger,embeddings,head,norms,layers (default: train all)\n"
+"  --lora-rank R         train LoRA adapters instead (--lora-alpha A (2R), --lora-targets\n"
+"                        q,k,v,o,gate,up,down|all, --rslora); the reference is the base\n"
 "  --max-steps N         --epochs N (1)    --seed S (42)\n"
 "  --max-tokens N (4096) --max-patches N (16384)   --recompute\n"
 "  --save-every N (50)   --keep K (3)      --resume\n"
@@ -75,7 +78,10 @@ int cmd_train_grpo(int argc, char **argv) {
     const char *model_dir = NULL, *data = NULL, *out = NULL, *judge_dir = NULL, *judge_url = NULL;
     const char *judge_model = NULL, *judge_key = NULL, *judge_cache = NULL, *schedule = "constant";
     const char *freeze = NULL, *rewards = "full", *format = "full-match", *loss_type = "grpo";
-    const char *scale = "group";
+    const char *scale = "group", *targets = "all";
+    long long lora_rank = 0;
+    double lora_alpha = 0;
+    int rslora = 0;
     long long group = 8, pps = 2, top_k = 0, max_new = 512, max_vt = 1280, warmup = 0, max_steps = 0;
     long long epochs = 1, seed = 42, max_tokens = 4096, max_patches = 16384, save_every = 50, keep = 3;
     long long threads = 0, log_every = 1, mu = 1, judge_retries = 4, judge_vt = 0;
@@ -123,6 +129,10 @@ int cmd_train_grpo(int argc, char **argv) {
         {"adam-beta1", 0, CLI_FLOAT, &b1, NULL, 0, 0, 0.0, 0.999999, NULL},
         {"adam-beta2", 0, CLI_FLOAT, &b2, NULL, 0, 0, 0.0, 0.99999999, NULL},
         {"freeze", 0, CLI_STR, &freeze, NULL, 0, 0, 0, 0, NULL},
+        {"lora-rank", 0, CLI_INT, &lora_rank, NULL, 0, 4096, 0, 0, NULL},
+        {"lora-alpha", 0, CLI_FLOAT, &lora_alpha, NULL, 0, 0, 0.0, 1e6, NULL},
+        {"lora-targets", 0, CLI_STR, &targets, NULL, 0, 0, 0, 0, NULL},
+        {"rslora", 0, CLI_FLAG, &rslora, NULL, 0, 0, 0, 0, NULL},
         {"max-steps", 0, CLI_INT, &max_steps, NULL, 0, INT64_MAX / 4, 0, 0, NULL},
         {"epochs", 0, CLI_INT, &epochs, NULL, 1, 1000000, 0, 0, NULL},
         {"seed", 's', CLI_INT, &seed, NULL, 0, INT64_MAX, 0, 0, NULL},
@@ -194,6 +204,15 @@ int cmd_train_grpo(int argc, char **argv) {
     o.train.seed = (uint64_t)seed;
     if (freeze && train_freeze_parse(freeze, &o.train.freeze, &err))
         return cli_usage_error(NAME, "%s", err.msg);
+    if (lora_rank > 0) {
+        if (freeze) return cli_usage_error(NAME, "%s", "--freeze applies to full training (LoRA freezes the base)");
+        o.train.lora_rank = (int)lora_rank;
+        o.train.lora_alpha = lora_alpha > 0 ? (float)lora_alpha : 2.0f * (float)lora_rank;
+        o.train.use_rslora = rslora;
+        if (!(o.train.lora_targets = lora_targets_parse(targets)))
+            return cli_usage_error(NAME, "--lora-targets %.80s: a comma list of q,k,v,o,gate,up,down "
+                                   "(or q_proj, ...) or all", targets);
+    }
     o.max_tokens = (int)max_tokens, o.max_patches = (int)max_patches, o.recompute = recompute;
     o.save_every = save_every, o.keep = (int)keep, o.resume = resume, o.log_every = log_every;
     if (quiet) progress_set_quiet(1);

@@ -19,6 +19,7 @@
 #include "runtime/context.h"
 #include "train/checkpoint.h"
 #include "train/plot.h"
+#include "train/policy_weights.h"
 #include "train/run_log.h"
 #include "train/step.h"
 
@@ -68,7 +69,9 @@ typedef struct grpo_ctx {
     train_model tm;          /* the policy */
     train_model ref;         /* the reference: a view of the base's weights, no adapters */
     train_states ts;
-    engine policy;           /* view of e running tm's masters */
+    engine policy;           /* view of e running tm's masters (or pw) */
+    policy_weights pw;       /* LoRA: the adapted linears merged, for the rollouts */
+    int lora;
     context ctx;
     int ctx_ready;
     judge *judge;
@@ -178,6 +181,7 @@ static void ctx_free(grpo_ctx *r) {
     if (r->judge) judge_close(r->judge);
     if (r->ctx_ready) context_free(&r->ctx);
     train_states_free(&r->ts);
+    if (r->lora) policy_weights_free(&r->pw);
     train_model_free(&r->tm);
     for (int64_t i = 0; r->items && i < r->n_items; i++) item_free(&r->items[i]);
     free(r->items);
@@ -223,10 +227,6 @@ static ergo_status setup(grpo_ctx *r, const char *model_dir, int64_t *start_step
     if (!e->tok || !e->has_chat_template)
         return ergo_fail(err, ERGO_E_ARG, "%s: GRPO needs the tokenizer and chat template beside "
                          "the weights", model_dir);
-    if (o->train.lora_rank > 0)
-        return ergo_fail(err, ERGO_E_ARG, "GRPO with LoRA is not supported yet: the rollouts run "
-                         "the inference forward, which has no adapters (train fully, or freeze "
-                         "parts with --freeze)");
     if (o->prompts_per_step < 1 || o->max_tokens < 64 || o->max_patches < 4 || o->num_iterations < 1)
         return ergo_fail(err, ERGO_E_ARG, "grpo: %d prompts per step, max tokens %d, max patches %d",
                          o->prompts_per_step, o->max_tokens, o->max_patches);
@@ -257,7 +257,9 @@ static ergo_status setup(grpo_ctx *r, const char *model_dir, int64_t *start_step
     memset(&r->ref.lora, 0, sizeof r->ref.lora);
     if ((s = train_states_init(&r->ts, &r->tm, o->max_tokens, o->max_patches, 2, o->recompute, err)))
         return s;
-    engine_view(&r->policy, e, &r->tm.w);
+    r->lora = r->tm.lora.linears != NULL;
+    if (r->lora && (s = policy_weights_init(&r->pw, &r->tm, err))) return s;
+    engine_view(&r->policy, e, r->lora ? &r->pw.w : &r->tm.w);
     if ((s = context_init(&r->ctx, &r->policy, err))) return s;
     r->ctx_ready = 1;
     const size_t T = (size_t)o->max_tokens;
@@ -286,6 +288,7 @@ static ergo_status setup(grpo_ctx *r, const char *model_dir, int64_t *start_step
         if ((s = train_checkpoint_load_state(ck, &r->tm, &rs, err))) return s;
         json_decref(rs.config);
         *start_step = rs.step;
+        if (r->lora) policy_weights_update(&r->pw, &r->tm);
         if (r->rank == 0 && o->progress >= 0)
             fprintf(stderr, NAME ": resuming from %s (step %lld)\n", ck, (long long)rs.step);
     } else if (o->resume && r->rank == 0 && o->progress >= 0) {
@@ -557,6 +560,7 @@ ergo_status grpo_run(const engine *e, const char *model_dir, const grpo_options 
             const int64_t t_opt = step * mu + it;
             lr = lr_at(&r.sched, t_opt);
             adamw_step(r.tm.opt, r.tm.n_opt, &o->adam, t_opt + 1, lr);
+            if (r.lora) policy_weights_update(&r.pw, &r.tm); /* the next rollouts' policy */
         }
         for (int q = 0; q < PG; q++) {
             free(old_lp[q]), free(ref_lp[q]);

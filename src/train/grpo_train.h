@@ -63,8 +63,8 @@ typedef struct grpo_options {
     adamw_config adam;       /* 0.9, 0.99, 1e-8, weight decay 0 */
     float max_grad_norm;     /* 1.0 */
     uint64_t seed;           /* item order, rollout sampling */
-    train_config train;      /* what trains (full or frozen parts; LoRA is refused: the
-                                rollouts' forward has no adapters yet) */
+    train_config train;      /* what trains: full, frozen parts, or LoRA (the rollouts then
+                                run the adapters merged into f32 copies: policy_weights.h) */
     int max_tokens;          /* a rollout's longest sequence (4096) */
     int max_patches;         /* per image (16384) */
     int recompute;

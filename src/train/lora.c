@@ -94,3 +94,26 @@ void lora_set_free(lora_set *ls) {
     free(ls->linears);
     memset(ls, 0, sizeof *ls);
 }
+
+unsigned lora_targets_parse(const char *list) {
+    if (!strcmp(list, "all")) return LORA_ALL_LINEARS;
+    unsigned bits = 0;
+    static const char *const short_names[LORA_N_TARGETS] = {"q", "k", "v", "o", "gate", "up", "down"};
+    const char *p = list;
+    while (*p) {
+        const char *e = strchr(p, ',');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        unsigned found = 0;
+        for (int t = 0; t < LORA_N_TARGETS; t++) {
+            const char *full = lora_target_name((lora_target)t);
+            if ((strlen(short_names[t]) == len && !strncmp(short_names[t], p, len)) ||
+                (strlen(full) == len && !strncmp(full, p, len)))
+                found = LORA_BIT(t);
+        }
+        if (!found) return 0;
+        bits |= found;
+        if (!e) break;
+        p = e + 1;
+    }
+    return bits;
+}

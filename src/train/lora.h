@@ -50,6 +50,9 @@ typedef struct lora_set {
 /* The module name of a target ("q_proj", ..., "down_proj") and its parent
  * ("self_attn" / "mlp"). */
 const char *lora_target_name(lora_target t);
+/* A comma list of targets (q, k, v, o, gate, up, down or q_proj, ...; "all") as
+ * LORA_BIT bits; 0 when an entry is unknown. */
+unsigned lora_targets_parse(const char *list);
 const char *lora_target_parent(lora_target t);
 
 /* Allocates adapters for every layer and every target in `targets`, A initialised
