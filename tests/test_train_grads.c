@@ -86,6 +86,9 @@ static double forward_backward(train_states *ts, train_model *tm, const train_ex
     return loss / n;
 }
 
+/* Whether setup's states recompute each layer in the backward (text_train.h). */
+static int use_recompute;
+
 static int setup(const json_t *c, model *m, train_model *tm, train_states *ts, fixture_example *f,
                  const train_config *tc) {
     if (!trf_model(m, c)) return 0;
@@ -96,7 +99,7 @@ static int setup(const json_t *c, model *m, train_model *tm, train_states *ts, f
         model_free(m);
         return 0;
     }
-    if ((s = train_states_init(ts, tm, 256, 256, 2, &err))) {
+    if ((s = train_states_init(ts, tm, 256, 256, 2, use_recompute, &err))) {
         CHECK(0, "train_states_init: %s", err.msg);
         train_model_free(tm);
         model_free(m);
@@ -328,6 +331,52 @@ static void check_adamw(const json_t *man) {
     teardown(&m, &tm, &ts, &f);
 }
 
+/* Recomputing each layer in the backward gives the very same gradients, bit for bit. */
+static void check_recompute_identical(const json_t *man, const char *name) {
+    const json_t *c = trf_case(man, name);
+    if (!c) return;
+    float *saved[2] = {NULL, NULL};
+    size_t total = 0;
+    int n_opt = 0;
+    double loss[2] = {0, 0};
+    for (int pass = 0; pass < 2; pass++) {
+        train_config tc = {0};
+        model m;
+        train_model tm;
+        train_states ts;
+        fixture_example f;
+        use_recompute = pass;
+        const int ok = setup(c, &m, &tm, &ts, &f, &tc);
+        use_recompute = 0;
+        if (!ok) break;
+        train_model_zero_grads(&tm);
+        loss[pass] = forward_backward(&ts, &tm, &f.ex);
+        total = 0;
+        for (int i = 0; i < tm.n_opt; i++) total += tm.opt[i].n;
+        n_opt = tm.n_opt;
+        saved[pass] = malloc(total * sizeof(float));
+        size_t off = 0;
+        for (int i = 0; saved[pass] && i < tm.n_opt; i++) {
+            memcpy(saved[pass] + off, tm.opt[i].g, tm.opt[i].n * sizeof(float));
+            off += tm.opt[i].n;
+        }
+        teardown(&m, &tm, &ts, &f);
+    }
+    if (saved[0] && saved[1]) {
+        size_t differ = 0;
+        for (size_t j = 0; j < total; j++) differ += memcmp(saved[0] + j, saved[1] + j, sizeof(float)) != 0;
+        CHECK(loss[0] == loss[1], "%s recompute: loss %.9g, without %.9g", name, loss[1], loss[0]);
+        CHECK(differ == 0 && total > 0, "%s recompute: %zu of %zu gradient values differ", name,
+              differ, total);
+        printf("  train_grads %s recompute: %d tensors, %zu values bit-identical to keeping "
+               "activations\n", name, n_opt, total - differ);
+    } else {
+        CHECK(0, "%s recompute: could not run both passes", name);
+    }
+    free(saved[0]);
+    free(saved[1]);
+}
+
 void test_train_grads(void) {
     json_t *man = trf_manifest();
     if (!man) return;
@@ -336,5 +385,9 @@ void test_train_grads(void) {
     check_case(man, "two_images");
     check_lora(man);
     check_adamw(man);
+    check_recompute_identical(man, "one_image");
+    use_recompute = 1; /* the adapters' path with recompute, against torch */
+    check_lora(man);
+    use_recompute = 0;
     json_decref(man);
 }

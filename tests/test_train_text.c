@@ -95,7 +95,7 @@ static void test_forward_matches_inference(void) {
     ergo_status s = train_model_init(&tm, &m, &tc, &err);
     CHECK(s == ERGO_OK, "train_model_init: %s", err.msg);
     train_states ts;
-    if (!s) s = train_states_init(&ts, &tm, 64, 0, 0, &err);
+    if (!s) s = train_states_init(&ts, &tm, 64, 0, 0, 0, &err);
     CHECK(s == ERGO_OK, "states: %s", err.msg);
     if (s) {
         model_free(&m);
@@ -175,7 +175,7 @@ static void test_finite_differences(int tied, int lora_rank) {
     ergo_status s = train_model_init(&tm, &m, &tc, &err);
     CHECK(s == ERGO_OK, "train_model_init: %s", err.msg);
     train_states ts;
-    if (!s) s = train_states_init(&ts, &tm, 64, 0, 0, &err);
+    if (!s) s = train_states_init(&ts, &tm, 64, 0, 0, 0, &err);
     CHECK(s == ERGO_OK, "states: %s", err.msg);
     if (s) {
         model_free(&m);

@@ -323,10 +323,14 @@ static void test_frozen(fixture *f) {
         for (int i = 0; i < n; i++) {
             const float *a = train_grad(st[i].slot), *b = train_grad(sf[i].slot);
             float *b2 = malloc(sizeof(float) * (size_t)sf[i].numel);
-            for (int64_t j = 0; j < sf[i].numel; j++) b2[j] = 2 * b[j];
+            double scale = 0;
+            for (int64_t j = 0; j < sf[i].numel; j++) b2[j] = 2 * b[j], scale = fmax(scale, fabs(b2[j]));
             char what[160];
             snprintf(what, sizeof what, "two backwards accumulate into %s", st[i].name);
-            CHECK_CLOSE(a, b2, (size_t)sf[i].numel, 0, 1e-6, what);
+            /* g + g' sums its partial products in another order than 2 g (the blocked
+             * kernels add into the existing gradient): a few f32 roundings of the tensor's
+             * largest magnitude, not of each (possibly tiny) element */
+            CHECK_CLOSE(a, b2, (size_t)sf[i].numel, 1e-5 * scale, 1e-6, what);
             free(b2);
         }
         free(st);

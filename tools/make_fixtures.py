@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-AREAS = ["tokenizer", "image", "checkpoint", "vision", "text", "pipeline", "train"]
+AREAS = ["tokenizer", "image", "checkpoint", "vision", "text", "pipeline", "train", "grpo",
+         "grpo_train"]
 
 
 def main() -> int:

@@ -41,6 +41,8 @@ static void usage(FILE *out) {
 "  --freeze LIST         vision,merger,embeddings,head,norms,layers (full training)\n"
 "  --weights bf16|q8|q4  how a LoRA run reads the frozen base (bf16: as stored)\n"
 "  --max-tokens N (4096) --max-images N (8) --max-patches N (4096 per image)\n"
+"  --recompute           keep only each layer's input, recompute it in the backward\n"
+"                        (about one more forward of compute for far less memory)\n"
 "  --heldout N           held-out conversations (default 5%% of the file, at least 1)\n"
 "  --eval-every N (50)   --save-every N (100)  --keep K (3 checkpoints)\n"
 "  --resume              continue from the newest complete checkpoint in --out\n"
@@ -89,7 +91,7 @@ static int train_sft(int argc, char **argv) {
     long long save_every = 100, keep = 3, seed = 42, threads = 0, log_every = 10;
     double lr = 3e-4, warmup_ratio = 0.03, wd = 0.0, b1 = 0.9, b2 = 0.999, eps = 1e-8, clip = 1.0;
     double lora_alpha = 0;
-    int resume = 0, skip_bad = 0, quiet = 0, rslora = 0;
+    int resume = 0, recompute = 0, skip_bad = 0, quiet = 0, rslora = 0;
     const cli_opt opts[] = {
         {"model", 'm', CLI_STR, &model_dir, NULL, 0, 0, 0, 0, NULL},
         {"data", 0, CLI_STR, &data, NULL, 0, 0, 0, 0, NULL},
@@ -120,6 +122,7 @@ static int train_sft(int argc, char **argv) {
         {"eval-every", 0, CLI_INT, &eval_every, NULL, 0, INT64_MAX / 4, 0, 0, NULL},
         {"save-every", 0, CLI_INT, &save_every, NULL, 0, INT64_MAX / 4, 0, 0, NULL},
         {"keep", 0, CLI_INT, &keep, NULL, 1, 100000, 0, 0, NULL},
+        {"recompute", 0, CLI_FLAG, &recompute, NULL, 0, 0, 0, 0, NULL},
         {"resume", 0, CLI_FLAG, &resume, NULL, 0, 0, 0, 0, NULL},
         {"skip-bad-lines", 0, CLI_FLAG, &skip_bad, NULL, 0, 0, 0, 0, NULL},
         {"seed", 's', CLI_INT, &seed, NULL, 0, INT64_MAX, 0, 0, NULL},
@@ -149,7 +152,7 @@ static int train_sft(int argc, char **argv) {
     o.seed = (uint64_t)seed;
     o.max_tokens = (int)max_tokens, o.max_images = (int)max_images, o.max_patches = (int)max_patches;
     o.heldout = heldout, o.eval_every = eval_every, o.save_every = save_every, o.keep = (int)keep;
-    o.resume = resume, o.skip_bad_lines = skip_bad, o.log_every = log_every;
+    o.recompute = recompute, o.resume = resume, o.skip_bad_lines = skip_bad, o.log_every = log_every;
     o.train.seed = (uint64_t)seed;
     ergo_error err = {0};
     if (freeze && train_freeze_parse(freeze, &o.train.freeze, &err))
@@ -207,8 +210,10 @@ static int train_sft(int argc, char **argv) {
 
 int cmd_train(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "sft")) return train_sft(argc - 1, argv + 1);
+    if (argc >= 2 && !strcmp(argv[1], "grpo")) return cmd_train_grpo(argc - 1, argv + 1);
     FILE *f = argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) ? stdout : stderr;
     fputs("usage: ergo train sft --model DIR --data FILE.jsonl --out DIR [options]\n"
-          "  (ergo train sft --help for the options)\n", f);
+          "       ergo train grpo --model DIR --data FILE.jsonl --out DIR --judge ... [options]\n"
+          "  (ergo train sft --help, ergo train grpo --help for the options)\n", f);
     return f == stdout ? 0 : 2;
 }

@@ -12,6 +12,7 @@ int cmd_preprocess(int argc, char **argv);
 int cmd_make_checkpoint(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_train_grpo(int argc, char **argv); /* `ergo train grpo`, through cmd_train */
 int cmd_generate(int argc, char **argv);
 int cmd_download(int argc, char **argv);
 int cmd_run(int argc, char **argv);

@@ -37,7 +37,7 @@ static const command commands[] = {
     {"inspect", cmd_inspect, "print the architecture of a checkpoint directory"},
     {"tokenize", cmd_tokenize, "print the token ids of a text as a JSON array (or decode ids)"},
     {"preprocess", cmd_preprocess, "resize, normalise and patchify an image as the reference does"},
-    {"train", cmd_train, "`train sft`: fine-tune on conversations (full or LoRA; resume; mpirun)"},
+    {"train", cmd_train, "`train sft` / `train grpo`: fine-tune on conversations; ERGO's GRPO (resume; mpirun)"},
     {"bench", cmd_bench, "`bench model`: engine speed vs the machine; `bench inputs`: tokenizer, images"},
     {"make-checkpoint", cmd_make_checkpoint, "write a random test/benchmark checkpoint from a seed"},
     {"synth", cmd_synth, "write the synthetic landmark-tag benchmark (V* layout, SFT split)"},

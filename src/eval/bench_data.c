@@ -250,6 +250,37 @@ static ergo_status add_file(bench_iter *it, const char *dir, const char *name, c
     return ERGO_OK;
 }
 
+ergo_status bench_open_jsonl(bench_iter **out, const char *path, const bench_options *opts,
+                             ergo_error *err) {
+    *out = NULL;
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (slash) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    else snprintf(dir, sizeof dir, ".");
+    if (!dir[0]) snprintf(dir, sizeof dir, "/");
+    bench_iter *it = calloc(1, sizeof *it);
+    if (!it || !(it->root = strdup(dir)) || !(it->vstar_dir = strdup(dir))) {
+        if (it) free(it->root);
+        free(it);
+        return ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+    }
+    it->kind = BENCH_VSTAR;
+    if (opts) it->opt = *opts;
+    if (!it->opt.max_image_bytes) it->opt.max_image_bytes = (size_t)256 << 20;
+    it->cur = -1;
+    it->src = SRC_JSONL;
+    ergo_status st = ERGO_OK;
+    if (!file_exists(path)) st = ergo_fail(err, ERGO_E_IO, "%s: no such file", path);
+    if (!st) st = check_not_lfs(path, err);
+    if (!st && !(it->files[it->n_files++] = strdup(path))) st = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+    if (st) {
+        bench_close(it);
+        return st;
+    }
+    *out = it;
+    return ERGO_OK;
+}
+
 ergo_status bench_open(bench_iter **out, bench_kind kind, const char *data_root,
                        const bench_options *opts, ergo_error *err) {
     *out = NULL;

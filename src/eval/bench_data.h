@@ -68,6 +68,11 @@ typedef struct bench_iter bench_iter;
 ergo_status bench_open(bench_iter **out, bench_kind kind, const char *data_root,
                        const bench_options *opts, ergo_error *err);
 
+/* A file in V*'s line format anywhere (`ergo synth` output, GRPO's training items):
+ * image paths are relative to the file's directory and may not leave it. */
+ergo_status bench_open_jsonl(bench_iter **out, const char *path, const bench_options *opts,
+                             ergo_error *err);
+
 /* The next sample (*done = 0) or the end (*done = 1). Fails only when iteration cannot go
  * on; a bad sample is returned with s->failed set. bench_sample_free(s) after use. */
 ergo_status bench_next(bench_iter *it, bench_sample *s, int *done, ergo_error *err);

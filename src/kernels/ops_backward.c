@@ -194,7 +194,7 @@ void silu_mul_backward_ref(float *dg, float *du, const float *dh, const float *g
  * float operations as silu_one, eight at a time. */
 T256 static void silu_block_avx2(float *dg, float *du, const float *dh, const float *g,
                                  const float *u, size_t len) {
-    float e[SILU_BLOCK];
+    float e[SILU_BLOCK] = {0}; /* zeroed: keeps -Wmaybe-uninitialized quiet when len is 0 */
     for (size_t k = 0; k < len; k++) e[k] = -g[k];
     exp_f32_avx2(e, e, len);
     const __m256 one = _mm256_set1_ps(1.0f);

@@ -212,6 +212,39 @@ static ergo_status encode_assistant_closing(const engine *e, chat_state *cs, tok
     return s;
 }
 
+ergo_status ergo_stage1_prompt(const engine *e, chat_state *cs, const char *question,
+                               int64_t vision_tokens, tok_ids *ids, ergo_error *err) {
+    ergo_status s = check_engine(e, err);
+    if (s) return s;
+    char *t1 = concat(question, ergo_template1_suffix);
+    if (!t1) return ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+    chat_part p1[2] = {{CHAT_IMAGE, NULL, 0, (int32_t)vision_tokens}, {CHAT_TEXT, t1, strlen(t1), 0}};
+    chat_message sys = {"system", ergo_system_prompt, strlen(ergo_system_prompt), NULL, 0};
+    chat_message u1 = {"user", NULL, 0, p1, 2};
+    s = chat_encode_message(&e->ct, e->tok, cs, &sys, ids, err);
+    if (!s) s = chat_encode_message(&e->ct, e->tok, cs, &u1, ids, err);
+    if (!s) s = chat_encode_generation_prompt(e->tok, ids, err);
+    free(t1);
+    return s;
+}
+
+ergo_status ergo_stage2_prompt(const engine *e, chat_state *cs, const ergo_question *q,
+                               int64_t vision_tokens, tok_ids *ids, ergo_error *err) {
+    ergo_status s = check_engine(e, err);
+    if (s) return s;
+    char *full_q = ergo_full_question(q), *t2 = full_q ? concat(full_q, ergo_template2_suffix) : NULL;
+    if (!t2) s = ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+    if (!s) s = encode_assistant_closing(e, cs, ids, err);
+    chat_part p2[2] = {{CHAT_IMAGE, NULL, 0, (int32_t)vision_tokens},
+                       {CHAT_TEXT, t2, t2 ? strlen(t2) : 0, 0}};
+    chat_message u2 = {"user", NULL, 0, p2, 2};
+    if (!s) s = chat_encode_message(&e->ct, e->tok, cs, &u2, ids, err);
+    if (!s) s = chat_encode_generation_prompt(e->tok, ids, err);
+    free(full_q);
+    free(t2);
+    return s;
+}
+
 static ergo_status keep_conversation(const session *ss, ergo_result *r, ergo_error *err) {
     r->conversation.n = 0;
     for (int i = 0; i < ss->n_cached; i++) {
@@ -232,7 +265,6 @@ ergo_status ergo_run(context *c, const ergo_options *o, const image *original,
     session ss;
     int ss_ready = 0;
     context_image im1 = {0}, im2 = {0};
-    char *t1 = NULL, *t2 = NULL, *full_q = NULL;
     float *logits = NULL; /* (V) the last prefill's, in c */
     tok_ids ids = {0};
     chat_state cs = {0};
@@ -253,14 +285,7 @@ ergo_status ergo_run(context *c, const ergo_options *o, const image *original,
     r->s1.ran = 1;
 
     /* system, user [image, TEMPLATE1(question)], generation prompt */
-    if (!(t1 = concat(q->question, ergo_template1_suffix))) goto nomem;
-    chat_part p1[2] = {{CHAT_IMAGE, NULL, 0, (int32_t)r->s1.vision_tokens},
-                       {CHAT_TEXT, t1, strlen(t1), 0}};
-    chat_message sys = {"system", ergo_system_prompt, strlen(ergo_system_prompt), NULL, 0};
-    chat_message u1 = {"user", NULL, 0, p1, 2};
-    if ((s = chat_encode_message(&e->ct, e->tok, &cs, &sys, &ids, err))) goto done;
-    if ((s = chat_encode_message(&e->ct, e->tok, &cs, &u1, &ids, err))) goto done;
-    if ((s = chat_encode_generation_prompt(e->tok, &ids, err))) goto done;
+    if ((s = ergo_stage1_prompt(e, &cs, q->question, r->s1.vision_tokens, &ids, err))) goto done;
     if ((s = context_session_init(c, &ss, err))) goto done;
     ss_ready = 1;
     if ((s = prefill(c, &ss, &ids, &im1.grid, im1.rows, &r->s1, &logits, err))) goto done;
@@ -343,14 +368,7 @@ ergo_status ergo_run(context *c, const ergo_options *o, const image *original,
     ids.n = 0;
     for (size_t i = r->s1.ids.n - (size_t)pending; i < r->s1.ids.n; i++)
         if ((s = tok_ids_push(&ids, r->s1.ids.v[i], err))) goto done;
-    if ((s = encode_assistant_closing(e, &cs, &ids, err))) goto done;
-    if (!(full_q = ergo_full_question(q)) || !(t2 = concat(full_q, ergo_template2_suffix)))
-        goto nomem;
-    chat_part p2[2] = {{CHAT_IMAGE, NULL, 0, (int32_t)r->s2.vision_tokens},
-                       {CHAT_TEXT, t2, strlen(t2), 0}};
-    chat_message u2 = {"user", NULL, 0, p2, 2};
-    if ((s = chat_encode_message(&e->ct, e->tok, &cs, &u2, &ids, err))) goto done;
-    if ((s = chat_encode_generation_prompt(e->tok, &ids, err))) goto done;
+    if ((s = ergo_stage2_prompt(e, &cs, q, r->s2.vision_tokens, &ids, err))) goto done;
     if ((s = prefill(c, &ss, &ids, &g2, im2.rows ? im2.rows : im1.rows, &r->s2, &logits, err)))
         goto done;
     if ((s = keep_conversation(&ss, r, err))) goto done;
@@ -368,9 +386,6 @@ done:
     if (ss_ready) session_free(&ss);
     context_image_free(&im1);
     context_image_free(&im2);
-    free(t1);
-    free(t2);
-    free(full_q);
     tok_ids_free(&ids);
     return s;
 }

@@ -147,6 +147,17 @@ ergo_status ergo_run_baseline(context *c, const ergo_options *o, const image *or
 
 void ergo_result_free(ergo_result *r);
 
+/* The token ids of ERGO's prompts, appended to ids with the chat state cs advanced,
+ * shared by ergo_run and GRPO's rollouts (train/rollout.h) so both see the same
+ * tokens. Stage 1: the system prompt, user [image of vision_tokens pads,
+ * question + TEMPLATE1], the generation prompt. Stage 2: the closing of the stage-1
+ * answer ("<|im_end|>\n"), user [image, TEMPLATE2(full question)], the generation
+ * prompt. */
+ergo_status ergo_stage1_prompt(const engine *e, chat_state *cs, const char *question,
+                               int64_t vision_tokens, tok_ids *ids, ergo_error *err);
+ergo_status ergo_stage2_prompt(const engine *e, chat_state *cs, const ergo_question *q,
+                               int64_t vision_tokens, tok_ids *ids, ergo_error *err);
+
 /* extract_answer_text: the stripped text between the first <answer> and the next
  * </answer> (or the end); without <answer>, the whole text as it is. malloc'd. */
 char *ergo_extract_answer(const char *text);

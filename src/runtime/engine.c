@@ -131,6 +131,15 @@ ergo_status engine_from_model(engine *e, model *m, const engine_options *o, ergo
     return load_processor(e, NULL, o, err);
 }
 
+void engine_view(engine *view, const engine *e, const model_weights *w) {
+    *view = *e;
+    view->m.weights = *w;
+    view->m.quant = NULL;
+    view->weights = QUANT_NONE;
+    memset(&view->quant, 0, sizeof view->quant);
+    view->model_loaded = 0;
+}
+
 void engine_free(engine *e) {
     tokenizer_free(e->tok);
     if (e->model_loaded) model_free(&e->m);

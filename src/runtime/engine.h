@@ -97,6 +97,12 @@ ergo_status engine_load(engine *e, const char *dir, const engine_options *o, erg
  * engine can encode images and prefill, not generate (which needs a tokenizer). */
 ergo_status engine_from_model(engine *e, model *m, const engine_options *o, ergo_error *err);
 
+/* A view of e that runs other weights of the same shapes: GRPO's rollouts on the
+ * policy being trained, whose f32 masters change in place after every step. Everything
+ * but the weights is e's, shared read-only; the view reads w as it is (no q8/q4 twins).
+ * Never engine_free a view; it must not outlive e or w. */
+void engine_view(engine *view, const engine *e, const model_weights *w);
+
 /* Releases everything; e is zeroed (safe after a failed load, and twice). */
 void engine_free(engine *e);
 

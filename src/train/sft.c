@@ -24,6 +24,7 @@
 #include "base/file.h"
 #include "train/checkpoint.h"
 #include "train/plot.h"
+#include "train/run_log.h"
 #include "train/sft_data.h"
 #include "train/step.h"
 
@@ -53,23 +54,6 @@ void sft_options_default(sft_options *o) {
 
 /* ---- the run's state ---- */
 
-typedef struct curve {
-    double *x, *y;
-    int n, cap;
-} curve;
-
-static void curve_add(curve *c, double x, double y) {
-    if (c->n == c->cap) {
-        int cap = c->cap ? 2 * c->cap : 256;
-        double *nx = realloc(c->x, sizeof(double) * (size_t)cap), *ny = NULL;
-        if (nx) c->x = nx;
-        if (nx) ny = realloc(c->y, sizeof(double) * (size_t)cap);
-        if (!nx || !ny) return; /* a plot point lost, never the run */
-        c->y = ny, c->cap = cap;
-    }
-    c->x[c->n] = x, c->y[c->n] = y, c->n++;
-}
-
 typedef struct sft_run_ctx {
     const engine *e;
     const sft_options *o;
@@ -82,9 +66,8 @@ typedef struct sft_run_ctx {
     train_states ts;
     lr_schedule sched;
     int64_t total_steps;
-    int log_fd;
-    char log_path[4096];
-    curve train_curve, heldout_curve;
+    run_log log;
+    run_curve train_curve, heldout_curve;
     float *logp, *g;         /* (max_tokens) */
     sft_example *exs;        /* (per-step examples) */
     int n_exs;
@@ -156,61 +139,6 @@ static ergo_status heldout_loss(sft_run_ctx *r, double *out, ergo_error *err) {
     return ERGO_OK;
 }
 
-/* Appends one JSON record to the run's log and fsyncs it (rank 0 only). */
-static ergo_status log_record(sft_run_ctx *r, json_t *rec, ergo_error *err) {
-    ergo_status s = ERGO_OK;
-    if (r->rank == 0 && r->log_fd >= 0) {
-        char *txt = json_dumps(rec, JSON_COMPACT | JSON_REAL_PRECISION(9));
-        if (!txt) s = ergo_fail(err, ERGO_E_NOMEM, "cannot format a log record");
-        size_t n = txt ? strlen(txt) : 0, off = 0;
-        if (txt) txt[n++] = '\n'; /* json_dumps leaves room: its NUL */
-        while (!s && off < n) {
-            ssize_t w = write(r->log_fd, txt + off, n - off);
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) s = ergo_fail(err, ERGO_E_IO, "cannot write %s: %s", r->log_path, strerror(errno));
-            else off += (size_t)w;
-        }
-        if (!s && fsync(r->log_fd) != 0)
-            s = ergo_fail(err, ERGO_E_IO, "cannot fsync %s: %s", r->log_path, strerror(errno));
-        free(txt);
-    }
-    json_decref(rec);
-    return s;
-}
-
-/* Keeps the log's records up to `step` (a resumed run rewrites what the crashed one
- * logged after its last checkpoint), rewriting it whole (temporary + rename). */
-static ergo_status log_truncate(const char *path, int64_t step, ergo_error *err) {
-    char *buf = NULL;
-    size_t size = 0;
-    if (!file_exists(path)) return ERGO_OK;
-    ergo_status s = file_read_all(path, (size_t)1 << 31, &buf, &size, err);
-    if (s) return s;
-    char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        free(buf);
-        return ergo_fail(err, ERGO_E_IO, "cannot write %s: %s", tmp, strerror(errno));
-    }
-    for (size_t a = 0; a < size;) {
-        size_t b = a;
-        while (b < size && buf[b] != '\n') b++;
-        if (b == size) break; /* a torn last line: dropped */
-        json_t *j = json_loadb(buf + a, b - a, 0, NULL);
-        const json_t *st = j ? json_object_get(j, "step") : NULL;
-        if (json_is_integer(st) && json_integer_value(st) <= step) fwrite(buf + a, 1, b - a + 1, f);
-        json_decref(j);
-        a = b + 1;
-    }
-    free(buf);
-    int bad = fflush(f) != 0 || fsync(fileno(f)) != 0;
-    bad |= fclose(f) != 0;
-    if (bad || rename(tmp, path) != 0)
-        return ergo_fail(err, ERGO_E_IO, "cannot rewrite %s: %s", path, strerror(errno));
-    return ERGO_OK;
-}
-
 static void plot_curves(sft_run_ctx *r) {
     if (r->rank) return;
     char path[4200];
@@ -220,20 +148,6 @@ static void plot_curves(sft_run_ctx *r) {
     ergo_error e2 = {0};
     if (plot_lines(path, "loss (token mean)", "step", s, 2, &e2))
         fprintf(stderr, "ergo train sft: warning: %s\n", e2.msg);
-}
-
-/* The name of the first trainable tensor with a non-finite gradient, or NULL. */
-static const char *nonfinite_grad(const train_model *tm) {
-    for (int i = 0; i < tm->n_opt; i++)
-        for (size_t j = 0; j < tm->opt[i].n; j++)
-            if (!isfinite(tm->opt[i].g[j])) return tm->params[i].name;
-    return NULL;
-}
-
-static void format_eta(char *buf, size_t n, double seconds) {
-    if (!(seconds >= 0) || seconds > 1e8) snprintf(buf, n, "?");
-    else if (seconds >= 3600) snprintf(buf, n, "%dh%02dm", (int)(seconds / 3600), (int)fmod(seconds / 60, 60));
-    else snprintf(buf, n, "%dm%02ds", (int)(seconds / 60), (int)fmod(seconds, 60));
 }
 
 static ergo_status save(sft_run_ctx *r, int64_t step, double last_loss, sft_result *res,
@@ -254,33 +168,16 @@ static ergo_status save(sft_run_ctx *r, int64_t step, double last_loss, sft_resu
 }
 
 static void run_free(sft_run_ctx *r) {
-    if (r->log_fd >= 0) close(r->log_fd);
+    run_log_close(&r->log);
     for (int i = 0; r->exs && i < r->n_exs; i++) sft_example_free(&r->exs[i]);
     free(r->exs);
     free(r->logp), free(r->g);
-    free(r->train_curve.x), free(r->train_curve.y);
-    free(r->heldout_curve.x), free(r->heldout_curve.y);
+    run_curve_free(&r->train_curve);
+    run_curve_free(&r->heldout_curve);
     train_states_free(&r->ts);
     train_model_free(&r->tm);
     sft_cursor_free(&r->cur);
     sft_dataset_close(&r->ds);
-}
-
-static ergo_status mkdir_p(const char *dir, ergo_error *err) {
-    char buf[4096];
-    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf)
-        return ergo_fail(err, ERGO_E_ARG, "--out %s: path too long", dir);
-    for (char *p = buf + 1;; p++) {
-        const int end = *p == 0;
-        if (*p == '/' || end) {
-            *p = 0;
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-                return ergo_fail(err, ERGO_E_IO, "cannot create %s: %s", buf, strerror(errno));
-            if (end) break;
-            *p = '/';
-        }
-    }
-    return ERGO_OK;
 }
 
 static ergo_status setup(sft_run_ctx *r, const char *model_dir, int64_t *start_step,
@@ -295,7 +192,7 @@ static ergo_status setup(sft_run_ctx *r, const char *model_dir, int64_t *start_s
         return ergo_fail(err, ERGO_E_ARG, "sft: batch %d, accum %d, max tokens %d, max images %d, "
                          "max patches %d", o->batch, o->accum, o->max_tokens, o->max_images,
                          o->max_patches);
-    if (r->rank == 0 && (s = mkdir_p(o->out_dir, err))) return s;
+    if (r->rank == 0 && (s = run_mkdir_p(o->out_dir, err))) return s;
     /* the held-out split needs the record count: index once, then with the split */
     if ((s = sft_dataset_open(&r->ds, o->data_path, 0, o->seed, err))) return s;
     int64_t n_held = o->heldout >= 0 ? o->heldout : sft_heldout_count(r->ds.n_records, o->heldout_fraction);
@@ -305,7 +202,8 @@ static ergo_status setup(sft_run_ctx *r, const char *model_dir, int64_t *start_s
     r->dcfg = (sft_config){&e->ct, e->tok, &e->pc, mrope_ids_from_config(&e->m.config),
                            o->max_tokens, o->max_images, 0, {0, 0}};
     if ((s = train_model_init(&r->tm, &e->m, &o->train, err))) return s;
-    if ((s = train_states_init(&r->ts, &r->tm, o->max_tokens, o->max_patches, o->max_images, err)))
+    if ((s = train_states_init(&r->ts, &r->tm, o->max_tokens, o->max_patches, o->max_images,
+                                 o->recompute, err)))
         return s;
     r->logp = malloc(sizeof(float) * (size_t)o->max_tokens);
     r->g = malloc(sizeof(float) * (size_t)o->max_tokens);
@@ -327,7 +225,8 @@ static ergo_status setup(sft_run_ctx *r, const char *model_dir, int64_t *start_s
     if ((s = train_checkpoint_latest(o->out_dir, ck, sizeof ck, &ck_step, err))) return s;
     int64_t position = 0;
     *start_step = 0;
-    snprintf(r->log_path, sizeof r->log_path, "%s/train_log.jsonl", o->out_dir);
+    char log_path[4200];
+    snprintf(log_path, sizeof log_path, "%s/train_log.jsonl", o->out_dir);
     if (ck[0] && !o->resume)
         return ergo_fail(err, ERGO_E_ARG, "%s already holds a run (%s): pass --resume to continue "
                          "it, or another --out", o->out_dir, ck);
@@ -337,18 +236,14 @@ static ergo_status setup(sft_run_ctx *r, const char *model_dir, int64_t *start_s
         json_decref(rs.config);
         *start_step = rs.step;
         position = rs.data_pos;
-        if (r->rank == 0 && (s = log_truncate(r->log_path, rs.step, err))) return s;
         if (r->rank == 0 && o->progress >= 0)
             fprintf(stderr, "ergo train sft: resuming from %s (step %lld)\n", ck, (long long)rs.step);
     } else if (o->resume && r->rank == 0 && o->progress >= 0) {
         fprintf(stderr, "ergo train sft: no checkpoint in %s: starting from step 0\n", o->out_dir);
     }
     if ((s = sft_cursor_init(&r->cur, &r->ds, o->seed, position, err))) return s;
-    if (r->rank == 0) {
-        r->log_fd = open(r->log_path, O_WRONLY | O_CREAT | O_APPEND | (ck[0] ? 0 : O_TRUNC), 0644);
-        if (r->log_fd < 0)
-            return ergo_fail(err, ERGO_E_IO, "cannot open %s: %s", r->log_path, strerror(errno));
-    }
+    if (r->rank == 0 && (s = run_log_open(&r->log, log_path, ck[0] ? *start_step : -1, err)))
+        return s;
     return ERGO_OK;
 }
 
@@ -358,7 +253,7 @@ ergo_status sft_run(const engine *e, const char *model_dir, const sft_options *o
     res->first_heldout = res->last_heldout = res->last_loss = NAN;
     sft_run_ctx r;
     memset(&r, 0, sizeof r);
-    r.e = e, r.o = o, r.comm = comm, r.log_fd = -1;
+    r.e = e, r.o = o, r.comm = comm, r.log.fd = -1;
     r.rank = comm ? comm->rank : 0;
     r.size = comm && comm->size > 0 ? comm->size : 1;
     int64_t step0 = 0;
@@ -426,7 +321,7 @@ ergo_status sft_run(const engine *e, const char *model_dir, const sft_options *o
         const double loss = loss_sum / n_loss;
         const float norm = grad_clip_global_norm(r.tm.opt, r.tm.n_opt, o->max_grad_norm);
         if (!isfinite(loss) || !isfinite(norm)) {
-            const char *bad = nonfinite_grad(&r.tm);
+            const char *bad = run_nonfinite_grad(&r.tm);
             s = ergo_fail(err, ERGO_E_ARG, "step %lld: %s%s%s: stopped; the last checkpoint%s%s is "
                           "intact", (long long)step + 1, !isfinite(loss) ? "the loss is not finite" : "",
                           !isfinite(loss) && bad ? ", " : "",
@@ -447,12 +342,12 @@ ergo_status sft_run(const engine *e, const char *model_dir, const sft_options *o
                                 (json_int_t)(step + 1), "epoch", epoch, "loss", loss, "lr", (double)lr,
                                 "grad_norm", (double)norm, "loss_tokens", (json_int_t)n_loss,
                                 "tokens", (json_int_t)counts[1], "tokens_per_s", tps, "elapsed_s", el);
-        if ((s = log_record(&r, rec, err))) break;
-        curve_add(&r.train_curve, (double)(step + 1), loss);
+        if ((s = run_log_write(&r.log, rec, err))) break;
+        run_curve_add(&r.train_curve, (double)(step + 1), loss);
         if (r.rank == 0 && o->progress >= 0) {
             const int64_t done = step + 1 - step0, left = r.total_steps - step - 1;
             char eta[32];
-            format_eta(eta, sizeof eta, done > 0 ? el / (double)done * (double)left : -1);
+            run_format_eta(eta, sizeof eta, done > 0 ? el / (double)done * (double)left : -1);
             if (o->progress == 1)
                 fprintf(stderr, "\rstep %lld/%lld  loss %.4f  lr %.3g  grad norm %.3f  %.0f tok/s  ETA %s   ",
                         (long long)step + 1, (long long)r.total_steps, loss, (double)lr, (double)norm,
@@ -468,12 +363,12 @@ ergo_status sft_run(const engine *e, const char *model_dir, const sft_options *o
             if ((s = heldout_loss(&r, &hl, err))) break;
             if (isnan(res->first_heldout)) res->first_heldout = hl;
             res->last_heldout = hl;
-            curve_add(&r.heldout_curve, (double)(step + 1), hl);
+            run_curve_add(&r.heldout_curve, (double)(step + 1), hl);
             if (r.rank == 0 && o->progress == 1) fputc('\n', stderr);
             if (r.rank == 0 && o->progress >= 0)
                 fprintf(stderr, "step %lld: held-out loss %.4f over %lld conversations\n",
                         (long long)step + 1, hl, (long long)r.ds.n_heldout);
-            if ((s = log_record(&r, json_pack("{s:I, s:f, s:I}", "step", (json_int_t)(step + 1),
+            if ((s = run_log_write(&r.log, json_pack("{s:I, s:f, s:I}", "step", (json_int_t)(step + 1),
                                               "heldout_loss", hl, "heldout", (json_int_t)r.ds.n_heldout),
                                 err)))
                 break;

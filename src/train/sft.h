@@ -48,6 +48,7 @@ typedef struct sft_options {
     train_config train;      /* what trains: freeze bits, LoRA */
     int max_tokens;          /* 4096: longer conversations are bad lines */
     int max_images;          /* 8 per conversation */
+    int recompute;           /* recompute each layer in the backward (less memory) */
     int max_patches;         /* 4096 per image */
     int64_t heldout;         /* held-out records; -1: heldout_fraction of the file */
     double heldout_fraction; /* 0.05 */

@@ -38,11 +38,12 @@ static int vision_has_grads(const train_model *tm) {
 }
 
 ergo_status train_states_init(train_states *ts, const train_model *tm, int max_tokens,
-                              int max_patches, int max_images, ergo_error *err) {
+                              int max_patches, int max_images, int recompute,
+                              ergo_error *err) {
     memset(ts, 0, sizeof *ts);
     const int D = tm->cfg.text.hidden, U = tm->cfg.vision.merge * tm->cfg.vision.merge;
     ergo_status s = text_train_state_new(&ts->text, &tm->cfg.text, max_tokens,
-                                         tm->lora.linears ? tm->lora.rank : 0, err);
+                                         tm->lora.linears ? tm->lora.rank : 0, recompute, err);
     if (s) return s;
     ts->max_images = max_images;
     ts->max_patches = max_patches;

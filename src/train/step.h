@@ -3,7 +3,7 @@
  * vision tower's training pass, the language model's, the log-probabilities of the
  * targets, and back (vision_train.h, text_train.h). What SFT and GRPO share.
  *
- *   train_states ts;  train_states_init(&ts, &tm, 4096, 8192, 4, &err);
+ *   train_states ts;  train_states_init(&ts, &tm, 4096, 8192, 4, 0, &err);
  *   train_forward(&ts, &tm, &ex, 1.0f, logp, &n, &err);      // logp (n) of the targets
  *   for (i..) g[i] = -1.0f / total_tokens;                    // dL/dlogp
  *   train_backward(&ts, &tm, g);                              // into tm.g and tm.lora
@@ -44,9 +44,11 @@ typedef struct train_states {
 } train_states;
 
 /* States for examples of up to max_tokens tokens and max_images images of up to
- * max_patches patches each. */
+ * max_patches patches each. recompute: the language model keeps only each layer's
+ * input and recomputes the layer in the backward (text_train.h). */
 ergo_status train_states_init(train_states *ts, const train_model *tm, int max_tokens,
-                              int max_patches, int max_images, ergo_error *err);
+                              int max_patches, int max_images, int recompute,
+                              ergo_error *err);
 void train_states_free(train_states *ts);
 
 /* The forward of one example at temperature tau: logp (*n_logp) of its targets. */

@@ -41,7 +41,9 @@ typedef struct layer_acts {
 struct text_train_state {
     text_config cfg;
     int max_tokens, rank;
-    layer_acts *layers;          /* (n_layers) */
+    layer_acts *layers;          /* (n_layers); with recompute only x_in is kept per layer */
+    layer_acts work;             /* recompute: one layer's activations, rebuilt in the backward */
+    int recompute;
     float *x_out;                /* (T, D) the last layer's output */
     float *cos, *sin;            /* (T, Dh/2) rotary tables of the sequence */
     float *inv_freq;             /* (Dh/2) */
@@ -71,16 +73,37 @@ static float *falloc(size_t n, int *ok) {
     return p;
 }
 
+static void acts_free(layer_acts *a) {
+    float *bufs[] = {a->x_in, a->xn1, a->q,  a->k,    a->v,  a->o,
+                     a->lse,  a->x_mid, a->xn2, a->gate, a->up, a->h};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
+    for (int t = 0; t < LORA_N_TARGETS; t++) free(a->lu[t]);
+}
+
+/* Every buffer of one layer's activations but x_in. */
+static void acts_alloc(layer_acts *a, const text_config *cfg, size_t T, int lora_rank, int *ok) {
+    const size_t D = (size_t)cfg->hidden, F = (size_t)cfg->ffn;
+    const size_t HD = (size_t)cfg->n_heads * cfg->head_dim;
+    const size_t KVD = (size_t)cfg->n_kv_heads * cfg->head_dim;
+    a->xn1 = falloc(T * D, ok);
+    a->q = falloc(T * HD, ok);
+    a->k = falloc(T * KVD, ok);
+    a->v = falloc(T * KVD, ok);
+    a->o = falloc(T * HD, ok);
+    a->lse = falloc((size_t)cfg->n_heads * T, ok);
+    a->x_mid = falloc(T * D, ok);
+    a->xn2 = falloc(T * D, ok);
+    a->gate = falloc(T * F, ok);
+    a->up = falloc(T * F, ok);
+    a->h = falloc(T * F, ok);
+    for (int t = 0; lora_rank && t < LORA_N_TARGETS; t++) a->lu[t] = falloc(T * (size_t)lora_rank, ok);
+}
+
 void text_train_state_free(text_train_state *st) {
     if (!st) return;
     if (st->layers)
-        for (int l = 0; l < st->cfg.n_layers; l++) {
-            layer_acts *a = &st->layers[l];
-            float *bufs[] = {a->x_in, a->xn1, a->q,  a->k,    a->v,  a->o,
-                             a->lse,  a->x_mid, a->xn2, a->gate, a->up, a->h};
-            for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) free(bufs[i]);
-            for (int t = 0; t < LORA_N_TARGETS; t++) free(a->lu[t]);
-        }
+        for (int l = 0; l < st->cfg.n_layers; l++) acts_free(&st->layers[l]);
+    acts_free(&st->work);
     free(st->layers);
     float *bufs[] = {st->x_out, st->cos,     st->sin,      st->inv_freq, st->x_sel,
                      st->h_sel, st->lse_head, st->head_scratch, st->dx,  st->dxn,
@@ -100,7 +123,7 @@ static size_t max3(size_t a, size_t b, size_t c) {
 }
 
 ergo_status text_train_state_new(text_train_state **out, const text_config *cfg,
-                                 int max_tokens, int lora_rank, ergo_error *err) {
+                                 int max_tokens, int lora_rank, int recompute, ergo_error *err) {
     *out = NULL;
     if (max_tokens < 1 || lora_rank < 0)
         return ergo_fail(err, ERGO_E_ARG, "text training state: %d tokens, LoRA rank %d",
@@ -119,23 +142,12 @@ ergo_status text_train_state_new(text_train_state **out, const text_config *cfg,
     int ok = 1;
     st->layers = calloc((size_t)cfg->n_layers, sizeof *st->layers);
     if (!st->layers) ok = 0;
+    st->recompute = recompute;
     for (int l = 0; ok && l < cfg->n_layers; l++) {
-        layer_acts *a = &st->layers[l];
-        a->x_in = falloc(T * D, &ok);
-        a->xn1 = falloc(T * D, &ok);
-        a->q = falloc(T * HD, &ok);
-        a->k = falloc(T * KVD, &ok);
-        a->v = falloc(T * KVD, &ok);
-        a->o = falloc(T * HD, &ok);
-        a->lse = falloc((size_t)cfg->n_heads * T, &ok);
-        a->x_mid = falloc(T * D, &ok);
-        a->xn2 = falloc(T * D, &ok);
-        a->gate = falloc(T * F, &ok);
-        a->up = falloc(T * F, &ok);
-        a->h = falloc(T * F, &ok);
-        for (int t = 0; lora_rank && t < LORA_N_TARGETS; t++)
-            a->lu[t] = falloc(T * (size_t)lora_rank, &ok);
+        st->layers[l].x_in = falloc(T * D, &ok);
+        if (!recompute) acts_alloc(&st->layers[l], cfg, T, lora_rank, &ok);
     }
+    if (recompute) acts_alloc(&st->work, cfg, T, lora_rank, &ok);
     st->x_out = falloc(T * D, &ok);
     st->cos = falloc(T * half, &ok);
     st->sin = falloc(T * half, &ok);
@@ -251,6 +263,44 @@ static ergo_status check_sample(const text_train_state *st, const model_weights 
     return ERGO_OK;
 }
 
+/* Decoder layer l of the last sample's n rows: a (its activations; a->x_in may be
+ * another layer_acts' x_in: the layer's input is st->layers[l].x_in) -> out (n, D).
+ * The same arithmetic whenever it runs, so a recomputed layer gives the same bits. */
+static void layer_forward(text_train_state *st, const text_weights *tw, const lora_set *lora,
+                          int l, layer_acts *a, float *out) {
+    const text_config *c = &st->cfg;
+    const int n = st->n, D = c->hidden, H = c->n_heads, KV = c->n_kv_heads, dh = c->head_dim;
+    const size_t HD = (size_t)H * dh, KVD = (size_t)KV * dh, F = (size_t)c->ffn;
+    const float eps = (float)c->rms_eps;
+    const float scale = lora ? lora->scale : 0.0f;
+    const attn_train_args aa = {n, H, KV, dh, 1, NULL, 0, 1.0f / sqrtf((float)dh)};
+    const text_layer_weights *L = &tw->layers[l];
+    const float *x_in = st->layers[l].x_in;
+    rmsnorm(a->xn1, x_in, &L->input_norm.k, n, D, eps);
+    linear_lora(st, a->q, a->xn1, &L->q_w, &L->q_b, lora_at(lora, l, LORA_Q), scale,
+                a->lu[LORA_Q], n);
+    linear_lora(st, a->k, a->xn1, &L->k_w, &L->k_b, lora_at(lora, l, LORA_K), scale,
+                a->lu[LORA_K], n);
+    linear_lora(st, a->v, a->xn1, &L->v_w, &L->v_b, lora_at(lora, l, LORA_V), scale,
+                a->lu[LORA_V], n);
+    rope_apply(a->q, HD, n, H, dh, st->cos, st->sin);
+    rope_apply(a->k, KVD, n, KV, dh, st->cos, st->sin);
+    attn_train_forward(&aa, a->o, a->lse, a->q, a->k, a->v);
+    linear_lora(st, st->dtmp, a->o, &L->o_w, NULL, lora_at(lora, l, LORA_O), scale,
+                a->lu[LORA_O], n);
+    for (size_t i = 0; i < (size_t)n * D; i++) a->x_mid[i] = x_in[i] + st->dtmp[i];
+    rmsnorm(a->xn2, a->x_mid, &L->post_norm.k, n, D, eps);
+    linear_lora(st, a->gate, a->xn2, &L->gate_w, NULL, lora_at(lora, l, LORA_GATE), scale,
+                a->lu[LORA_GATE], n);
+    linear_lora(st, a->up, a->xn2, &L->up_w, NULL, lora_at(lora, l, LORA_UP), scale,
+                a->lu[LORA_UP], n);
+    memcpy(a->h, a->gate, sizeof(float) * (size_t)n * F);
+    silu_mul(a->h, a->up, (size_t)n * F);
+    linear_lora(st, st->dtmp, a->h, &L->down_w, NULL, lora_at(lora, l, LORA_DOWN), scale,
+                a->lu[LORA_DOWN], n);
+    for (size_t i = 0; i < (size_t)n * D; i++) out[i] = a->x_mid[i] + st->dtmp[i];
+}
+
 ergo_status text_train_forward(text_train_state *st, const model_weights *w,
                                const lora_set *lora, const train_sample *s, float tau,
                                float *logp, int *n_logp, ergo_error *err) {
@@ -259,10 +309,8 @@ ergo_status text_train_forward(text_train_state *st, const model_weights *w,
     if (!(tau > 0.0f)) return ergo_fail(err, ERGO_E_ARG, "temperature %g must be > 0", (double)tau);
     const text_config *c = &st->cfg;
     const text_weights *tw = &w->text;
-    const int n = s->n, D = c->hidden, H = c->n_heads, KV = c->n_kv_heads, dh = c->head_dim;
-    const size_t HD = (size_t)H * dh, KVD = (size_t)KV * dh, F = (size_t)c->ffn;
+    const int n = s->n, D = c->hidden, dh = c->head_dim;
     const float eps = (float)c->rms_eps;
-    const float scale = lora ? lora->scale : 0.0f;
     st->n = n;
     st->n_vision = s->n_vision;
     st->tau = tau;
@@ -279,36 +327,10 @@ ergo_status text_train_forward(text_train_state *st, const model_weights *w,
             kweight_row_f32(x + (size_t)i * D, &tw->embed.k, s->ids[i]);
     }
     rope_mrope_tables(st->cos, st->sin, s->pos, st->freq_axis, st->inv_freq, n, dh / 2);
-    const attn_train_args aa = {n, H, KV, dh, 1, NULL, 0, 1.0f / sqrtf((float)dh)};
 
-    for (int l = 0; l < c->n_layers; l++) {
-        const text_layer_weights *L = &tw->layers[l];
-        layer_acts *a = &st->layers[l];
-        float *next = l + 1 < c->n_layers ? st->layers[l + 1].x_in : st->x_out;
-        rmsnorm(a->xn1, a->x_in, &L->input_norm.k, n, D, eps);
-        linear_lora(st, a->q, a->xn1, &L->q_w, &L->q_b, lora_at(lora, l, LORA_Q), scale,
-                    a->lu[LORA_Q], n);
-        linear_lora(st, a->k, a->xn1, &L->k_w, &L->k_b, lora_at(lora, l, LORA_K), scale,
-                    a->lu[LORA_K], n);
-        linear_lora(st, a->v, a->xn1, &L->v_w, &L->v_b, lora_at(lora, l, LORA_V), scale,
-                    a->lu[LORA_V], n);
-        rope_apply(a->q, HD, n, H, dh, st->cos, st->sin);
-        rope_apply(a->k, KVD, n, KV, dh, st->cos, st->sin);
-        attn_train_forward(&aa, a->o, a->lse, a->q, a->k, a->v);
-        linear_lora(st, st->dtmp, a->o, &L->o_w, NULL, lora_at(lora, l, LORA_O), scale,
-                    a->lu[LORA_O], n);
-        for (size_t i = 0; i < (size_t)n * D; i++) a->x_mid[i] = a->x_in[i] + st->dtmp[i];
-        rmsnorm(a->xn2, a->x_mid, &L->post_norm.k, n, D, eps);
-        linear_lora(st, a->gate, a->xn2, &L->gate_w, NULL, lora_at(lora, l, LORA_GATE), scale,
-                    a->lu[LORA_GATE], n);
-        linear_lora(st, a->up, a->xn2, &L->up_w, NULL, lora_at(lora, l, LORA_UP), scale,
-                    a->lu[LORA_UP], n);
-        memcpy(a->h, a->gate, sizeof(float) * (size_t)n * F);
-        silu_mul(a->h, a->up, (size_t)n * F);
-        linear_lora(st, st->dtmp, a->h, &L->down_w, NULL, lora_at(lora, l, LORA_DOWN), scale,
-                    a->lu[LORA_DOWN], n);
-        for (size_t i = 0; i < (size_t)n * D; i++) next[i] = a->x_mid[i] + st->dtmp[i];
-    }
+    for (int l = 0; l < c->n_layers; l++)
+        layer_forward(st, tw, lora, l, st->recompute ? &st->work : &st->layers[l],
+                      l + 1 < c->n_layers ? st->layers[l + 1].x_in : st->x_out);
 
     /* the final norm and the head, on the rows that carry loss only */
     int m = 0;
@@ -364,6 +386,10 @@ void text_train_backward(text_train_state *st, const model_weights *w, model_wei
         const text_layer_weights *L = &tw->layers[l];
         text_layer_weights *G = &gt->layers[l];
         layer_acts *a = &st->layers[l];
+        if (st->recompute) { /* this layer's activations again, from its saved input */
+            a = &st->work;
+            layer_forward(st, tw, lora, l, a, st->dxn); /* the output is not needed */
+        }
         /* out = x_mid + down(silu(gate(xn2)) * up(xn2)), xn2 = norm(x_mid); dx = dL/d(out) */
         linear_lora_backward(st, st->dbig, 0, st->dx, a->h, &L->down_w, &G->down_w, NULL, NULL,
                              lora_at(lora, l, LORA_DOWN), scale, a->lu[LORA_DOWN], n);
@@ -389,7 +415,7 @@ void text_train_backward(text_train_state *st, const model_weights *w, model_wei
                              lora_at(lora, l, LORA_K), scale, a->lu[LORA_K], n);
         linear_lora_backward(st, st->dxn, 1, st->dv, a->xn1, &L->v_w, &G->v_w, &L->v_b, &G->v_b,
                              lora_at(lora, l, LORA_V), scale, a->lu[LORA_V], n);
-        rmsnorm_backward(st->dtmp, train_grad(&G->input_norm), st->dxn, a->x_in,
+        rmsnorm_backward(st->dtmp, train_grad(&G->input_norm), st->dxn, st->layers[l].x_in,
                          &L->input_norm.k, n, D, eps);
         add_into(st->dx, st->dtmp, ND); /* now dL/d(x_in) */
     }

@@ -12,14 +12,14 @@
  * norm and the head only on rows with a target (loss.h, chunked over the vocabulary
  * rows' logits).
  *
- *   text_train_state *ts;  text_train_state_new(&ts, &cfg.text, 2048, lora_rank, &err);
+ *   text_train_state *ts;  text_train_state_new(&ts, &cfg.text, 2048, lora_rank, 0, &err);
  *   text_train_forward(ts, &w, lora, &sample, 1.0f, logp, &n_logp, &err);
  *   for (i..) g[i] = -1.0f / n_tokens;             // SFT: token-mean cross entropy
  *   text_train_backward(ts, &w, &grads, lora, g, d_vision);
  *
  * Memory: every layer's activations are kept, about (7 D + 2 H Dh + 2 KV Dh + 3 F)
- * floats per token per layer (for 7B ~ 380 KB/token/layer: per-layer recomputation is
- * the next step for long 7B sequences); the tiny models need a few MB.
+ * floats per token per layer (for 7B ~ 380 KB/token/layer); with recompute only D floats
+ * per token per layer plus one layer's worth, which is what long 7B sequences need.
  */
 #ifndef ERGO_TEXT_TRAIN_H
 #define ERGO_TEXT_TRAIN_H
@@ -46,9 +46,12 @@ typedef struct train_sample {
 typedef struct text_train_state text_train_state; /* defined in text_train.c */
 
 /* A state for sequences of up to max_tokens tokens and adapters of rank lora_rank
- * (0: no LoRA). */
+ * (0: no LoRA). recompute: keep only each layer's input and rebuild the layer's
+ * activations in the backward (one more forward's compute for about 1/n_layers of
+ * the activation memory); the gradients are bit-identical either way. */
 ergo_status text_train_state_new(text_train_state **out, const text_config *cfg,
-                                 int max_tokens, int lora_rank, ergo_error *err);
+                                 int max_tokens, int lora_rank, int recompute,
+                                 ergo_error *err);
 void text_train_state_free(text_train_state *st);
 
 /* The forward at temperature tau (the head's logits are divided by it): logp
