@@ -9,7 +9,8 @@
  *     another question does), persisted to JSONL and read back by a reopened judge, a
  *     torn last line cut off, another judge's lines ignored, a malformed line refused;
  *   - the in-process judge on a tiny random checkpoint: it answers, greedily, the same
- *     text twice from two judges.
+ *     text twice from two judges; on an engine already loaded (`shared`) it answers what
+ *     the endpoint judge gets from `ergo serve` (src/serve, in this process) on that engine.
  */
 #include <jansson.h>
 #include <math.h>
@@ -25,6 +26,7 @@
 #include "base/json.h"
 #include "check.h"
 #include "io/random_checkpoint.h"
+#include "serve/server.h"
 #include "synth/synth.h"
 #include "train/judge.h"
 #include "train/judge_cache.h"
@@ -551,9 +553,53 @@ static void test_in_process(void) {
         judge_answer_free(&y);
         judge_answer_free(&z);
     }
-    image_free(&crop);
     judge_close(a);
     judge_close(b);
+
+    /* one engine: an in-process judge on it, and ergo serve on it asked as an endpoint */
+    engine e;
+    memset(&e, 0, sizeof e);
+    if (crop.rgb && !engine_load(&e, dir, NULL, &err)) {
+        judge_config mc = jc;
+        mc.shared = &e;
+        judge *m = NULL, *ep = NULL;
+        serve_options so;
+        serve_options_default(&so);
+        so.port = 0;
+        server *sv = NULL;
+        CHECK(judge_open(&m, &mc, &err) == ERGO_OK, "shared-engine judge: %s", err.msg);
+        if (server_start(&sv, &e, &so, &err)) {
+            SKIP("cannot start ergo serve on 127.0.0.1: %s", err.msg);
+            sv = NULL;
+        }
+        if (m && sv) {
+            char url[128];
+            snprintf(url, sizeof url, "http://127.0.0.1:%d/v1", server_port(sv));
+            judge_config ec;
+            judge_config_default(&ec);
+            ec.kind = JUDGE_ENDPOINT;
+            ec.url = url;
+            ec.max_new_tokens = jc.max_new_tokens;
+            ec.max_vision_tokens = jc.max_vision_tokens;
+            CHECK(judge_open(&ep, &ec, &err) == ERGO_OK, "endpoint judge on ergo serve: %s", err.msg);
+            const char *q = "Which option is shown?\n(A) red\n(B) blue\nAnswer with the option's letter.";
+            judge_answer x, y;
+            ask(m, &crop, q, &x, "shared engine");
+            if (ep) {
+                ask(ep, &crop, q, &y, "ergo serve");
+                CHECK(x.text && y.text && !y.dropped && !strcmp(x.text, y.text),
+                      "in process \"%s\" vs ergo serve \"%s\" (dropped %d: %s)", x.text ? x.text : "-",
+                      y.text ? y.text : "-", y.dropped, y.why);
+                judge_answer_free(&y);
+            }
+            judge_answer_free(&x);
+        }
+        judge_close(ep);
+        if (sv) server_stop(sv);
+        judge_close(m);
+    }
+    engine_free(&e);
+    image_free(&crop);
     /* a missing checkpoint is an error naming it */
     jc.model_dir = scratch("no_such_model");
     judge *c = NULL;
