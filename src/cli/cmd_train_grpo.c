@@ -37,9 +37,10 @@ static void usage(FILE *out) {
 "  --judge DIR           a checkpoint run in process (e.g. a larger Qwen2.5-VL)\n"
 "  --judge-url URL       an OpenAI-compatible server (.../v1), --judge-model NAME,\n"
 "                        --judge-api-key KEY, --judge-timeout S (120), --judge-retries N (4)\n"
-"  --judge-oracle        the synthetic task's ground truth: right iff the crop holds the bbox\n"
+"  --judge-oracle        the synthetic task's ground truth: right iff the crop holds enough of\n"
+"                        the bbox (--oracle-coverage F (1.0), --oracle-scale S (0: unchecked))\n"
 "  --judge-cache FILE    answers cached across runs (JSONL; default OUT/judge_cache.jsonl)\n"
-"  --judge-max-vision-tokens N (0: the crop as stage 2 sees it)\n"
+"  --judge-vision-tokens N (0: the crop as stage 2 sees it)  --judge-max-tokens N (64)\n"
 "Rollouts:\n"
 "  --group G (8)         rollouts per item      --prompts-per-step P (2) items per step\n"
 "  --temperature T (1.0) --top-p P (1.0) --top-k K (0)   (always explicit, never the\n"
@@ -47,6 +48,8 @@ static void usage(FILE *out) {
 "  --max-new-tokens N (512 per stage)   --max-vision-tokens N (1280: stage-1 budget)\n"
 "  --fallback-full       a rollout without a box runs stage 2 on the whole image (default:\n"
 "                        it ends after stage 1)\n"
+"  --box-text TEXT       benchmarks: read every rollout's box from TEXT (random weights\n"
+"                        name none), e.g. '<zoom>[0, 0, 200, 200]</zoom>'\n"
 "Rewards:\n"
 "  --rewards full|acc-only|region-only|region-box|weighted (full)\n"
 "  --alpha A (1) --beta B (0.5) --gamma G (0.6)   --format-reward full-match|partial\n"
@@ -78,7 +81,7 @@ int cmd_train_grpo(int argc, char **argv) {
     const char *model_dir = NULL, *data = NULL, *out = NULL, *judge_dir = NULL, *judge_url = NULL;
     const char *judge_model = NULL, *judge_key = NULL, *judge_cache = NULL, *schedule = "constant";
     const char *freeze = NULL, *rewards = "full", *format = "full-match", *loss_type = "grpo";
-    const char *scale = "group", *targets = "all";
+    const char *scale = "group", *targets = "all", *box_text = NULL;
     long long lora_rank = 0;
     double lora_alpha = 0;
     int rslora = 0;
@@ -87,7 +90,8 @@ int cmd_train_grpo(int argc, char **argv) {
     long long threads = 0, log_every = 1, mu = 1, judge_retries = 4, judge_vt = 0;
     double temperature = 1.0, top_p = 1.0, alpha = 1.0, beta = 0.5, gamma = 0.6, kl_beta = 0.04;
     double eps_low = 0.2, eps_high = 0.2, lr = 1e-6, clip = 1.0, wd = 0.0, b1 = 0.9, b2 = 0.99;
-    double judge_timeout = 120;
+    double judge_timeout = 120, oracle_cov = 1.0, oracle_scale = 0.0;
+    long long judge_max_tokens = 64;
     int oracle = 0, fallback_full = 0, recompute = 0, resume = 0, quiet = 0;
     const cli_opt opts[] = {
         {"model", 'm', CLI_STR, &model_dir, NULL, 0, 0, 0, 0, NULL},
@@ -101,7 +105,10 @@ int cmd_train_grpo(int argc, char **argv) {
         {"judge-retries", 0, CLI_INT, &judge_retries, NULL, 0, 100, 0, 0, NULL},
         {"judge-oracle", 0, CLI_FLAG, &oracle, NULL, 0, 0, 0, 0, NULL},
         {"judge-cache", 0, CLI_STR, &judge_cache, NULL, 0, 0, 0, 0, NULL},
-        {"judge-max-vision-tokens", 0, CLI_INT, &judge_vt, NULL, 0, 1 << 20, 0, 0, NULL},
+        {"judge-vision-tokens", 0, CLI_INT, &judge_vt, NULL, 0, 1 << 20, 0, 0, NULL},
+        {"judge-max-tokens", 0, CLI_INT, &judge_max_tokens, NULL, 1, 1 << 20, 0, 0, NULL},
+        {"oracle-coverage", 0, CLI_FLOAT, &oracle_cov, NULL, 0, 0, 1e-9, 1.0, NULL},
+        {"oracle-scale", 0, CLI_FLOAT, &oracle_scale, NULL, 0, 0, 0.0, 1e6, NULL},
         {"group", 'G', CLI_INT, &group, NULL, 2, 1024, 0, 0, NULL},
         {"prompts-per-step", 0, CLI_INT, &pps, NULL, 1, 1 << 20, 0, 0, NULL},
         {"temperature", 0, CLI_FLOAT, &temperature, NULL, 0, 0, 1e-3, 100.0, NULL},
@@ -110,6 +117,7 @@ int cmd_train_grpo(int argc, char **argv) {
         {"max-new-tokens", 'n', CLI_INT, &max_new, NULL, 1, 1 << 20, 0, 0, NULL},
         {"max-vision-tokens", 0, CLI_INT, &max_vt, NULL, 4, 1 << 20, 0, 0, NULL},
         {"fallback-full", 0, CLI_FLAG, &fallback_full, NULL, 0, 0, 0, 0, NULL},
+        {"box-text", 0, CLI_STR, &box_text, NULL, 0, 0, 0, 0, NULL},
         {"rewards", 0, CLI_STR, &rewards, NULL, 0, 0, 0, 0, NULL},
         {"alpha", 0, CLI_FLOAT, &alpha, NULL, 0, 0, 0.0, 1e6, NULL},
         {"beta", 0, CLI_FLOAT, &beta, NULL, 0, 0, 0.0, 1e6, NULL},
@@ -166,6 +174,7 @@ int cmd_train_grpo(int argc, char **argv) {
     o.rollout.sampling.top_p = (float)top_p;
     o.rollout.sampling.top_k = (int)top_k;
     o.rollout.fallback_full = fallback_full;
+    o.rollout.box_text = box_text;
     o.objective.group_size = (int)group;
     o.num_iterations = (int)mu;
     o.objective.kl_beta = kl_beta, o.objective.eps_low = eps_low, o.objective.eps_high = eps_high;
@@ -189,6 +198,9 @@ int cmd_train_grpo(int argc, char **argv) {
     o.judge.client.max_retries = (int)judge_retries;
     o.judge.client.timeout_ms = (long)(judge_timeout * 1000);
     o.judge.max_vision_tokens = (int)judge_vt;
+    o.judge.max_new_tokens = (int)judge_max_tokens;
+    o.judge.oracle_min_coverage = oracle_cov;
+    o.judge.oracle_min_scale = oracle_scale;
     char cache_path[4200];
     snprintf(cache_path, sizeof cache_path, "%s/judge_cache.jsonl", out);
     o.judge.cache_path = oracle ? NULL : judge_cache ? judge_cache : cache_path;
