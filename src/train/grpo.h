@@ -198,7 +198,8 @@ typedef struct grpo_mask_config {
     int32_t im_end_id;    /* <|im_end|> 151645: closes an assistant turn (kept) */
     int32_t image_pad_id; /* <|image_pad|> 151655: never generated (refused) */
     int mask_truncated;   /* TRL's mask_truncated_completions: a turn without its
-                             <|im_end|> zeroes the whole rollout (0: VLM-R1, trained on) */
+                             <|im_end|> zeroes the whole rollout (0: VLM-R1, trained on);
+                             such a rollout has n_loss 0 but still counts in B */
 } grpo_mask_config;
 
 typedef struct grpo_mask_info {
