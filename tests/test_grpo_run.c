@@ -416,6 +416,8 @@ void test_grpo_run(void) {
     char a[1300], b[1300], png[1300];
     snprintf(png, sizeof png, "%s/rewards.png", straight);
     CHECK(file_exists(png), "no rewards.png");
+    snprintf(png, sizeof png, "%s/boxes.png", straight);
+    CHECK(file_exists(png), "no boxes.png");
 
     /* the policy moved: the masters of step 2 differ from step 1's */
     snprintf(a, sizeof a, "%s/checkpoint-1/trainer_state.safetensors", straight);

@@ -71,7 +71,8 @@ static void usage(FILE *out) {
 "\n"
 "Writes OUT/checkpoint-N/ (loads in ergo run and transformers), OUT/train_log.jsonl (every\n"
 "step: each reward's mean, zero-variance groups, no-box rate, box area, KL, clipping,\n"
-"lengths, time per phase) and OUT/rewards.png.\n", out);
+"lengths, time per phase), OUT/rewards.png and OUT/boxes.png (box area, no-box rate,\n"
+"zero-variance groups, clipping over the steps).\n", out);
 }
 
 static void mpi_sum_f32(void *ctx, float *buf, size_t n) { train_dist_sum_f32(ctx, buf, n); }
@@ -245,7 +246,7 @@ int cmd_train_grpo(int argc, char **argv) {
     else if (d.rank == 0)
         printf("trained %lld GRPO steps on %d rank%s (%lld rollouts on rank 0, %lld groups dropped, "
                "%lld bad items); mean reward %.3f -> %.3f\ncheckpoint: %s\nlog: %s/train_log.jsonl, "
-               "plot: %s/rewards.png\n",
+               "plots: %s/rewards.png, boxes.png\n",
                (long long)res.steps, d.size, d.size > 1 ? "s" : "", (long long)res.rollouts,
                (long long)res.dropped_groups, (long long)res.bad_items, res.first_reward,
                res.last_reward, res.checkpoint, out, out);

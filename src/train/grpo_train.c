@@ -79,6 +79,7 @@ typedef struct grpo_ctx {
     int64_t total_steps;
     run_log log;
     run_curve c_total, c_region, c_box, c_acc, c_format;
+    run_curve c_area, c_nobox, c_zero, c_clip;   /* the second plot: where the policy looks */
     float *logp, *g;         /* (max_tokens) */
     uint8_t *mask;
     int32_t *targets;
@@ -177,6 +178,8 @@ static void ctx_free(grpo_ctx *r) {
     run_log_close(&r->log);
     run_curve_free(&r->c_total), run_curve_free(&r->c_region), run_curve_free(&r->c_box);
     run_curve_free(&r->c_acc), run_curve_free(&r->c_format);
+    run_curve_free(&r->c_area), run_curve_free(&r->c_nobox), run_curve_free(&r->c_zero);
+    run_curve_free(&r->c_clip);
     free(r->logp), free(r->g), free(r->mask), free(r->targets);
     if (r->judge) judge_close(r->judge);
     if (r->ctx_ready) context_free(&r->ctx);
@@ -199,6 +202,13 @@ static void plot_rewards(grpo_ctx *r) {
                         {"format", r->c_format.x, r->c_format.y, r->c_format.n}};
     ergo_error e2 = {0};
     if (plot_lines(path, "mean reward per step", "step", s, 5, &e2))
+        fprintf(stderr, NAME ": warning: %s\n", e2.msg);
+    snprintf(path, sizeof path, "%s/boxes.png", r->o->out_dir);
+    plot_series b[4] = {{"box area / image", r->c_area.x, r->c_area.y, r->c_area.n},
+                        {"no-box rate", r->c_nobox.x, r->c_nobox.y, r->c_nobox.n},
+                        {"zero-variance groups", r->c_zero.x, r->c_zero.y, r->c_zero.n},
+                        {"clipped tokens", r->c_clip.x, r->c_clip.y, r->c_clip.n}};
+    if (plot_lines(path, "where the policy looks, and the learning signal", "step", b, 4, &e2))
         fprintf(stderr, NAME ": warning: %s\n", e2.msg);
 }
 
@@ -614,6 +624,10 @@ ergo_status grpo_run(const engine *e, const char *model_dir, const grpo_options 
         run_curve_add(&r.c_box, (double)(step + 1), m_box);
         run_curve_add(&r.c_acc, (double)(step + 1), m_acc);
         run_curve_add(&r.c_format, (double)(step + 1), m_format);
+        run_curve_add(&r.c_area, (double)(step + 1), area);
+        run_curve_add(&r.c_nobox, (double)(step + 1), sums[2] / nr);
+        run_curve_add(&r.c_zero, (double)(step + 1), rst.n_groups ? (double)rst.n_zero_std / rst.n_groups : 0.0);
+        run_curve_add(&r.c_clip, (double)(step + 1), gm.clip_region);
         if (r.rank == 0 && o->progress >= 0) {
             const int64_t done = step + 1 - step0, left = r.total_steps - step - 1;
             char eta[32];
