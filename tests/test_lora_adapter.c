@@ -370,7 +370,7 @@ static void test_cli(const json_t *ref, const char *base_dir) {
         const json_t *ad = json_array_get(ads, i);
         const char *name = json_string_value(json_object_get(ad, "name"));
         const char *dir = fx(json_string_value(json_object_get(ad, "dir")));
-        char dump[1024], mdump[1024], merged[1024];
+        char dump[1100], mdump[1100], merged[1024];
         snprintf(dump, sizeof dump, "%s", scratch(name));
         strcat(dump, ".logits");
         size_t n = 0;
@@ -886,6 +886,34 @@ static void test_other_fixtures(void) {
     if (acfg) json_decref(acfg);
 }
 
+/* ---- fuzz corpus replay ---- */
+
+typedef struct replay_ctx {
+    const model_config *cfg;
+    int valid;
+} replay_ctx;
+
+static void replay(void *ctx, const char *name, const uint8_t *data, size_t size) {
+    replay_ctx *r = ctx;
+    CHECK_EQ_INT(lora_adapter_fuzz_one(data, size, r->cfg), 0, name);
+    lora_adapter a;
+    ergo_error err = {0};
+    const int ok = lora_adapter_parse_bytes(&a, data, size, r->cfg, &err) == ERGO_OK;
+    const int valid = !strncmp(name, "valid_", 6);
+    CHECK(ok == valid, "fuzz corpus %s: %s (%s)", name, ok ? "accepted" : "refused", err.msg);
+    if (ok) lora_adapter_free(&a);
+    r->valid += valid;
+}
+
+static void test_fuzz_corpus(void) {
+    ckpt_case c;
+    if (!load_case(&c)) return;
+    replay_ctx r = {&c.parsed, 0};
+    const int n = for_each_corpus_file("lora_adapter", replay, &r);
+    CHECK(n >= 8 && r.valid >= 1, "lora_adapter fuzz corpus: %d inputs, %d valid", n, r.valid);
+    ckpt_case_free(&c);
+}
+
 void test_lora_adapter(void) {
     ergo_error err = {0};
     json_t *ref = json_load_path(fx("reference.json"), &err);
@@ -897,6 +925,7 @@ void test_lora_adapter(void) {
     for (size_t i = 0; i < json_array_size(ads); i++) test_merged_weights(json_array_get(ads, i));
     test_other_fixtures();
     test_train_output();
+    test_fuzz_corpus();
 
     ckpt_case c;
     char base_dir[1024];

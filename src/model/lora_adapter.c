@@ -465,6 +465,36 @@ void lora_adapter_free(lora_adapter *a) {
     memset(a, 0, sizeof *a);
 }
 
+/* The config (text, its label cpath) and the tensors (st, label tpath) against cfg:
+ * what lora_adapter_load and the fuzz entry point share. a->dir is set by the caller. */
+static ergo_status parse_adapter(lora_adapter *a, const char *text, size_t len, const char *cpath,
+                                 const safetensors_file *st, const char *tpath,
+                                 const model_config *cfg, ergo_error *err) {
+    json_t *root = json_load_bytes(text, len, cpath, err);
+    module_ref *mods = NULL;
+    int n_mods = 0;
+    ergo_status s = ERGO_OK;
+    if (!root) return err ? err->code : ERGO_E_FORMAT;
+    if ((s = parse_config(a, root, cpath, err))) goto done;
+    if ((n_mods = list_modules(cfg, &mods, err)) < 0) {
+        s = ERGO_E_NOMEM;
+        goto done;
+    }
+    if ((s = select_modules(root, mods, n_mods, cpath, err))) goto done;
+    if ((s = bind_tensors(a, st, mods, n_mods, tpath, err))) goto done;
+    /* the content hash keys anything derived from the merged weights (a q8/q4 cache) */
+    struct sha256_ctx h;
+    sha256_init(&h);
+    sha256_update(&h, len, (const uint8_t *)text);
+    if (st->size) sha256_update(&h, st->size, st->bytes);
+    sha256_digest(&h, SHA256_DIGEST_SIZE, a->digest);
+    for (int i = 0; i < 32; i++) snprintf(a->hash + 2 * i, 3, "%02x", a->digest[i]);
+done:
+    free(mods);
+    json_decref(root);
+    return s;
+}
+
 ergo_status lora_adapter_load(lora_adapter *a, const char *dir, const model_config *cfg,
                               ergo_error *err) {
     memset(a, 0, sizeof *a);
@@ -483,36 +513,46 @@ ergo_status lora_adapter_load(lora_adapter *a, const char *dir, const model_conf
     size_t len = 0;
     ergo_status s = file_read_all(cpath, MAX_CONFIG_BYTES, &text, &len, err);
     if (s) return s;
-    json_t *root = json_load_bytes(text, len, cpath, err);
     safetensors_file st = {0};
-    module_ref *mods = NULL;
-    int n_mods = 0;
-    if (!root) {
-        s = err ? err->code : ERGO_E_FORMAT;
-        goto done;
-    }
-    if ((s = parse_config(a, root, cpath, err))) goto done;
-    if ((n_mods = list_modules(cfg, &mods, err)) < 0) {
-        s = ERGO_E_NOMEM;
-        goto done;
-    }
-    if ((s = select_modules(root, mods, n_mods, cpath, err))) goto done;
-    if ((s = safetensors_open(&st, tpath, err))) goto done;
-    if ((s = bind_tensors(a, &st, mods, n_mods, tpath, err))) goto done;
-    /* the content hash keys anything derived from the merged weights (a q8/q4 cache) */
-    struct sha256_ctx h;
-    sha256_init(&h);
-    sha256_update(&h, len, (const uint8_t *)text);
-    if (st.size) sha256_update(&h, st.size, st.bytes);
-    sha256_digest(&h, SHA256_DIGEST_SIZE, a->digest);
-    for (int i = 0; i < 32; i++) snprintf(a->hash + 2 * i, 3, "%02x", a->digest[i]);
-done:
+    if (!(s = safetensors_open(&st, tpath, err)))
+        s = parse_adapter(a, text, len, cpath, &st, tpath, cfg, err);
     safetensors_close(&st);
-    free(mods);
-    if (root) json_decref(root);
     free(text);
     if (s) lora_adapter_free(a);
     return s;
+}
+
+ergo_status lora_adapter_parse_bytes(lora_adapter *a, const uint8_t *data, size_t size,
+                                     const model_config *cfg, ergo_error *err) {
+    memset(a, 0, sizeof *a);
+    snprintf(a->dir, sizeof a->dir, "memory");
+    const uint8_t *nul = memchr(data, 0, size);
+    const size_t clen = nul ? (size_t)(nul - data) : size;
+    safetensors_file st = {0};
+    ergo_status s = safetensors_parse(&st, nul ? nul + 1 : data + size, nul ? size - clen - 1 : 0,
+                                      "memory/" TENSORS_NAME, err);
+    if (!s) s = parse_adapter(a, (const char *)data, clen, "memory/" CONFIG_NAME, &st,
+                              "memory/" TENSORS_NAME, cfg, err);
+    safetensors_close(&st);
+    if (s) lora_adapter_free(a);
+    return s;
+}
+
+int lora_adapter_fuzz_one(const uint8_t *data, size_t size, const model_config *cfg) {
+    ergo_error err = {0};
+    lora_adapter a;
+    ergo_status s = lora_adapter_parse_bytes(&a, data, size, cfg, &err);
+    /* a refusal names the file it is about, in one line */
+    ERGO_ASSERT(!s || (strstr(err.msg, "memory/") && !strchr(err.msg, '\n')));
+    for (int i = 0; !s && i < a.n_modules; i++) {
+        const lora_module *m = &a.modules[i];
+        ERGO_ASSERT(m->a && m->b && m->in > 0 && m->out > 0);
+        volatile float sink = m->a[(size_t)a.rank * (size_t)m->in - 1] +
+                              m->b[(size_t)m->out * (size_t)a.rank - 1];
+        (void)sink;
+    }
+    if (!s) lora_adapter_free(&a);
+    return 0;
 }
 
 /* ---- merging ---- */

@@ -39,7 +39,7 @@
 #include "model/weights.h"
 
 typedef struct lora_module {
-    char weight[96];   /* the adapted parameter's canonical (legacy) name, "...q_proj.weight" */
+    char weight[128];  /* the adapted parameter's canonical (legacy) name, "...q_proj.weight" */
     int spec_index;    /* its index in weights_spec order */
     int out, in;       /* the weight's (rows, cols) */
     float *a;          /* (r, in), f32 (widened when stored as bf16/f16) */
@@ -82,5 +82,16 @@ void lora_merge_range(const lora_adapter *a, const lora_module *mod, dtype dt, c
  * checkpoint) holding the merged values; the map is not written. m must not be
  * quantised yet, and must be the model (config) a was loaded against. */
 ergo_status lora_adapter_apply(model *m, const lora_adapter *a, ergo_error *err);
+
+/* The same from bytes in memory: adapter_config.json's, a NUL, then
+ * adapter_model.safetensors' (messages name them memory/...). */
+ergo_status lora_adapter_parse_bytes(lora_adapter *a, const uint8_t *data, size_t size,
+                                     const model_config *cfg, ergo_error *err);
+
+/* The libFuzzer entry point (fuzz/fuzz_lora_adapter.c; tests/fuzz_corpus/lora_adapter
+ * replayed by tests/test_lora_adapter.c): lora_adapter_parse_bytes on data. Returns 0
+ * (accepted, or refused with a one-line message naming the file); anything else is a
+ * crash. */
+int lora_adapter_fuzz_one(const uint8_t *data, size_t size, const model_config *cfg);
 
 #endif
