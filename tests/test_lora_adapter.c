@@ -241,7 +241,8 @@ static void quote(char *cmd, size_t size, const char *arg) {
 /* Runs $ERGO_BIN with args; stdout and stderr into strings (malloc'd). */
 static int run_ergo(const char *const *args, char **out, char **errtext) {
     char cmd[16384];
-    snprintf(cmd, sizeof cmd, "%s", getenv("ERGO_BIN"));
+    /* a bound, so a refusal that regressed into a running server cannot hang the suite */
+    snprintf(cmd, sizeof cmd, "timeout 300 %s", getenv("ERGO_BIN"));
     for (int i = 0; args[i]; i++) quote(cmd, sizeof cmd, args[i]);
     size_t len = strlen(cmd);
     snprintf(cmd + len, sizeof cmd - len, " >%s 2>%s", scratch("cli.out"), scratch("cli.err"));
@@ -365,6 +366,18 @@ static void test_cli(const json_t *ref, const char *base_dir) {
     const double d_base = logits_diff(base, V, json_object_get(ref, "logits_base"));
     CHECK(d_base <= LOGIT_TOL, "base logits: max diff %.3g vs the reference (tol %g)", d_base,
           LOGIT_TOL);
+    /* an `ergo train sft` output directory (test_train_output's run on the same base):
+     * its newest checkpoint, said in a note */
+    if (dir_exists(scratch("sft_run"))) {
+        const char *args[] = {"generate", "--model", base_dir, "--prompt", "Hi", "--quiet",
+                              "--max-new-tokens", "1", "--lora", scratch("sft_run"), NULL};
+        char *out, *e;
+        int rc = run_ergo(args, &out, &e);
+        CHECK(rc == 0 && e && strstr(e, "note: ") && strstr(e, "using the newest, checkpoint-12"),
+              "generate --lora RUN_DIR: exit %d, stderr \"%s\"", rc, e ? e : "");
+        free(out);
+        free(e);
+    }
     const json_t *ads = json_object_get(ref, "adapters");
     for (size_t i = 0; i < json_array_size(ads); i++) {
         const json_t *ad = json_array_get(ads, i);
@@ -814,9 +827,29 @@ static void test_refusals(const char *base_dir) {
         CHECK(rc == 0 && out && strstr(out, "usage: ergo lora merge"), "lora merge --help");
         free(out);
         free(e);
-        const char *ghelp[] = {"generate", "--help", NULL};
-        rc = run_ergo(ghelp, &out, &e);
-        CHECK(rc == 0 && out && strstr(out, "--lora DIR"), "generate --help mentions --lora");
+        static const char *const takers[] = {"generate", "run", "chat", "serve", "eval"};
+        for (size_t i = 0; i < sizeof takers / sizeof *takers; i++) {
+            const char *h[] = {takers[i], "--help", NULL};
+            rc = run_ergo(h, &out, &e);
+            CHECK(rc == 0 && out && strstr(out, "--lora DIR"), "%s --help does not document --lora",
+                  takers[i]);
+            free(out);
+            free(e);
+        }
+        /* serve refuses a bad adapter before it listens */
+        const char *sargs[] = {"serve", "--model", base_dir, "--port", "0", "--lora",
+                               scratch("nope"), NULL};
+        rc = run_ergo(sargs, &out, &e);
+        CHECK(rc == 1 && e && strstr(e, "ergo serve: ") && strstr(e, "no such adapter directory"),
+              "serve --lora nope: exit %d, stderr \"%s\"", rc, e ? e : "");
+        free(out);
+        free(e);
+        const char *eargs[] = {"eval", "--bench", "vstar", "--data-root", scratch(""), "--out",
+                               scratch("ev"), "--endpoint", "http://127.0.0.1:9/v1", "--lora",
+                               fx("peft_new"), NULL};
+        rc = run_ergo(eargs, &out, &e);
+        CHECK(rc == 2 && e && strstr(e, "--lora needs --model"), "eval --endpoint --lora: exit %d, "
+              "stderr \"%s\"", rc, e ? e : "");
         free(out);
         free(e);
     }
