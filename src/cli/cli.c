@@ -423,9 +423,9 @@ const char cli_lora_help[] =
     "--lora DIR merges a LoRA adapter into the weights at load: PEFT's save_pretrained layout\n"
     "(adapter_config.json + adapter_model.safetensors, either tensor-name layout), or an\n"
     "`ergo train sft --lora-rank R` output directory (its newest checkpoint). W += s * B @ A\n"
-    "in f32, rounded once to the stored dtype, before any q8/q4 quantisation (whose automatic\n"
-    "cache is then DIR/ergo-weights.q8-lora-<adapter hash>). `ergo lora merge` writes the\n"
-    "merged model as a checkpoint directory instead.\n";
+    "in f32, rounded once to the stored dtype, before any q8/q4 quantisation (the automatic\n"
+    "cache is then ergo-weights.q8-lora-<adapter hash> beside the model). `ergo lora merge`\n"
+    "writes the merged model as a checkpoint directory instead.\n";
 
 void cli_decode_progress_begin(cli_decode_progress *d, FILE *out, int max_new) {
     memset(d, 0, sizeof *d);
