@@ -722,6 +722,16 @@ static void test_refusals(const char *base_dir) {
     write_config(d, good, "target_modules", "[\"q_proj\", \"embed_tokens\"]", NULL);
     write_tensors(d, good_st, NULL, NULL, NULL, NULL, 0, 0, DTYPE_F32);
     expect_refusal(d, cfg, "`model.language_model.embed_tokens', an embedding", "embedding target");
+    d = bad_dir("all_linear");
+    write_config(d, good, "target_modules", "\"All-Linear\"", NULL);
+    write_tensors(d, good_st, NULL, NULL, NULL, NULL, 0, 0, DTYPE_F32);
+    expect_refusal(d, cfg, "no tensor base_model.model.model.visual.blocks.0.attn.qkv.lora_A.weight",
+                   "all-linear selects the vision attention too");
+    d = bad_dir("exclude");
+    write_config(d, good, "exclude_modules", "\"model\\\\.visual\\\\..*\"", NULL);
+    write_tensors(d, good_st, NULL, NULL, NULL, NULL, 0, 0, DTYPE_F32);
+    expect_refusal(d, cfg, "module `model.visual.blocks.0.mlp.down_proj' is not one target_modules",
+                   "exclude_modules drops the vision modules");
     d = bad_dir("regex");
     write_config(d, good, "target_modules", "\"model\\\\.(layers\"", NULL);
     write_tensors(d, good_st, NULL, NULL, NULL, NULL, 0, 0, DTYPE_F32);

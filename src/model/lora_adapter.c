@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/file.h"
 #include "base/half.h"
@@ -171,7 +172,7 @@ static ergo_status matcher_init(matcher *m, const json_t *v, const char *field, 
     }
     if (json_is_string(v)) {
         const char *pat = json_string_value(v);
-        if (!optional && !strcmp(pat, "all-linear")) {
+        if (!optional && !strcasecmp(pat, "all-linear")) { /* PEFT lower-cases it */
             m->all_linear = 1;
             return ERGO_OK;
         }
