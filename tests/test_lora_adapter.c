@@ -679,6 +679,18 @@ static void test_refusals(const char *base_dir) {
     expect_refusal(bad_dir("empty"), cfg, "no adapter_config.json", "empty directory");
     expect_refusal(base_dir, cfg, "a full checkpoint (model.safetensors), not a LoRA adapter",
                    "a full checkpoint");
+    {
+        /* a full-training run directory */
+        char sub[1100], f[1200];
+        const char *run = bad_dir("full_run");
+        snprintf(sub, sizeof sub, "%s/checkpoint-7", run);
+        mkdir(sub, 0755);
+        snprintf(f, sizeof f, "%s/model.safetensors", sub);
+        ergo_error e2 = {0};
+        file_write_all(f, "x", 1, &e2);
+        expect_refusal(run, cfg, "holds full-training checkpoints, not LoRA adapters: pass",
+                       "a full-training run directory");
+    }
     const char *d = bad_dir("no_tensors");
     write_config(d, good, NULL, NULL, NULL);
     expect_refusal(d, cfg, "adapter_model.safetensors: missing", "no safetensors");

@@ -62,17 +62,17 @@ ergo_status lora_adapter_resolve(const char *dir, char *out, size_t out_size, ch
         return ERGO_OK;
     }
     /* an `ergo train sft` output directory: its newest LoRA checkpoint */
-    long long best = -1;
+    long long best = -1, best_full = -1;
     DIR *d = opendir(dir);
     if (!d) return ergo_fail(err, ERGO_E_IO, "%s: cannot list: %s", dir, strerror(errno));
     struct dirent *e;
     while ((e = readdir(d))) {
         const long long st = checkpoint_step(e->d_name);
         char sub[2048];
-        if (st <= best ||
-            snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name) >= (int)sizeof sub)
+        if (st < 0 || snprintf(sub, sizeof sub, "%s/%s", dir, e->d_name) >= (int)sizeof sub)
             continue;
-        if (has_file(sub, CONFIG_NAME)) best = st;
+        if (st > best && has_file(sub, CONFIG_NAME)) best = st;
+        if (st > best_full && has_file(sub, "model.safetensors")) best_full = st;
     }
     closedir(d);
     if (best >= 0) {
@@ -83,6 +83,9 @@ ergo_status lora_adapter_resolve(const char *dir, char *out, size_t out_size, ch
                      "checkpoint-%lld", dir, best);
         return ERGO_OK;
     }
+    if (best_full >= 0)
+        return ergo_fail(err, ERGO_E_ARG, "%s holds full-training checkpoints, not LoRA adapters: "
+                         "pass %s/checkpoint-%lld as --model", dir, dir, best_full);
     if (has_file(dir, "model.safetensors") || has_file(dir, "model.safetensors.index.json"))
         return ergo_fail(err, ERGO_E_ARG, "%s: a full checkpoint (model.safetensors), not a LoRA "
                          "adapter: pass it as --model", dir);
