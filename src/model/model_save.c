@@ -1,9 +1,9 @@
 /*
  * model_save.c - a loaded model as a published checkpoint directory (model_save.h).
  *
- * model.safetensors follows transformers' save_pretrained as src/train/checkpoint.c
- * writes it (the safetensors crate's tensor order through safetensors_write,
- * {"format": "pt"}, a tied head left out).
+ * model.safetensors follows transformers' save_pretrained (the safetensors crate's
+ * tensor order through safetensors_write, {"format": "pt"}, a tied head left out);
+ * src/train/checkpoint.c writes its full checkpoints through the same functions.
  */
 #define _GNU_SOURCE /* renameat2 (RENAME_EXCHANGE), nftw */
 #include "model_save.h"
@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "base/file.h"
+#include "base/half.h"
 
 /* ---- directories ---- */
 
@@ -72,8 +73,8 @@ static int wanted_file(const char *name) {
     return 0;
 }
 
-static ergo_status copy_files(const char *tmp, const model *m, const char *src_dir,
-                              ergo_error *err) {
+ergo_status model_copy_files(const char *dir, const model *m, const char *src_dir,
+                             int with_configs, ergo_error *err) {
     int have_config = 0, have_gen = 0;
     ergo_status s = ERGO_OK;
     if (src_dir) {
@@ -82,28 +83,31 @@ static ergo_status copy_files(const char *tmp, const model *m, const char *src_d
             return ergo_fail(err, ERGO_E_IO, "%s: cannot list: %s", src_dir, strerror(errno));
         struct dirent *e;
         while (!s && (e = readdir(d))) {
-            if (!wanted_file(e->d_name)) continue;
+            const int is_cfg = !strcmp(e->d_name, "config.json"),
+                      is_gen = !strcmp(e->d_name, "generation_config.json");
+            if (!wanted_file(e->d_name) || ((is_cfg || is_gen) && !with_configs)) continue;
             char from[2048];
             if ((s = path_join(from, sizeof from, src_dir, e->d_name, err))) break;
             if (!file_exists(from)) continue;
             char *buf;
             size_t n;
             if ((s = file_read_all(from, (size_t)1 << 30, &buf, &n, err))) break;
-            s = write_synced(tmp, e->d_name, buf, n, err);
+            s = write_synced(dir, e->d_name, buf, n, err);
             free(buf);
-            have_config |= !strcmp(e->d_name, "config.json");
-            have_gen |= !strcmp(e->d_name, "generation_config.json");
+            have_config |= is_cfg;
+            have_gen |= is_gen;
         }
         closedir(d);
         if (s) return s;
     }
+    if (!with_configs) return ERGO_OK;
     if (!have_config) {
         if (!m->ckpt.config)
-            return ergo_fail(err, ERGO_E_ARG, "%s: the model has no config.json to write", tmp);
-        if ((s = write_json_synced(tmp, "config.json", m->ckpt.config, err))) return s;
+            return ergo_fail(err, ERGO_E_ARG, "%s: the model has no config.json to write", dir);
+        if ((s = write_json_synced(dir, "config.json", m->ckpt.config, err))) return s;
     }
     if (!have_gen && m->ckpt.generation)
-        s = write_json_synced(tmp, "generation_config.json", m->ckpt.generation, err);
+        s = write_json_synced(dir, "generation_config.json", m->ckpt.generation, err);
     return s;
 }
 
@@ -112,6 +116,7 @@ static ergo_status copy_files(const char *tmp, const model *m, const char *src_d
 typedef struct tensor_src {
     dtype dt;
     const uint8_t *raw;       /* the stored bytes */
+    const float *f32;         /* values to round to dt instead, or NULL */
     const lora_module *mod;   /* merged on the way, or NULL */
 } tensor_src;
 
@@ -125,7 +130,14 @@ static ergo_status fill(void *ctx, int index, int64_t start, int64_t count, void
     const fill_ctx *f = ctx;
     const tensor_src *t = &f->src[index];
     (void)err;
-    if (t->mod) {
+    if (t->f32) {
+        const float *v = t->f32 + start;
+        if (t->dt == DTYPE_F32) memcpy(out, v, (size_t)count * sizeof(float));
+        else if (t->dt == DTYPE_BF16)
+            for (int64_t k = 0; k < count; k++) ((uint16_t *)out)[k] = f32_to_bf16_one(v[k]);
+        else
+            for (int64_t k = 0; k < count; k++) ((uint16_t *)out)[k] = f32_to_f16_one(v[k]);
+    } else if (t->mod) {
         lora_merge_range(f->a, t->mod, t->dt, t->raw, start, count, out);
     } else {
         const size_t es = (size_t)dtype_bits(t->dt) / 8;
@@ -134,26 +146,31 @@ static ergo_status fill(void *ctx, int index, int64_t start, int64_t count, void
     return ERGO_OK;
 }
 
-static ergo_status write_tensors(const char *tmp, const model *m, const lora_adapter *a,
-                                 ergo_error *err) {
+ergo_status model_write_safetensors(const char *path, const model *m,
+                                   const float *const *f32_values, const lora_adapter *a,
+                                   ergo_error *err) {
     const int n = weights_spec(&m->config, NULL, NULL);
     weight_spec *sp = malloc(sizeof *sp * (size_t)n);
     st_write_entry *ent = malloc(sizeof *ent * (size_t)n);
     tensor_src *src = calloc((size_t)n, sizeof *src);
     char(*names)[160] = malloc(sizeof *names * (size_t)n);
     ergo_status s = ERGO_OK;
-    char path[2048];
     if (!sp || !ent || !src || !names) {
-        s = ergo_fail(err, ERGO_E_NOMEM, "%s: out of memory", tmp);
+        s = ergo_fail(err, ERGO_E_NOMEM, "%s: out of memory", path);
         goto done;
     }
-    if ((s = path_join(path, sizeof path, tmp, "model.safetensors", err))) goto done;
     weights_spec(&m->config, sp, (model_weights *)&m->weights); /* slots are only read */
     for (int i = 0; i < n; i++) {
         const tensor *t = &sp[i].slot->t;
-        if (!dtype_is_weight(t->dtype) || (!t->data && sp[i].numel > 0)) {
-            s = ergo_fail(err, ERGO_E_UNSUPPORTED, "%s: tensor `%s' has no stored values (a "
-                          "quantised model?)", path, sp[i].name);
+        const float *v = f32_values ? f32_values[i] : NULL;
+        if (!dtype_is_weight(t->dtype)) {
+            s = ergo_fail(err, ERGO_E_UNSUPPORTED, "%s: tensor `%s' is stored as %s", path,
+                          sp[i].name, dtype_name(t->dtype));
+            goto done;
+        }
+        if (!v && !t->data && sp[i].numel > 0) {
+            s = ergo_fail(err, ERGO_E_UNSUPPORTED, "%s: the stored values of tensor `%s' were "
+                          "released (a quantised model): cannot write it", path, sp[i].name);
             goto done;
         }
         weights_layout_name(names[i], sizeof names[i], sp[i].name, m->names);
@@ -164,12 +181,13 @@ static ergo_status write_tensors(const char *tmp, const model *m, const lora_ada
         memcpy(ent[i].shape, sp[i].shape, sizeof sp[i].shape);
         src[i].dt = t->dtype;
         src[i].raw = t->data;
+        src[i].f32 = v;
     }
     for (int k = 0; a && k < a->n_modules; k++) {
         const lora_module *lm = &a->modules[k];
         const int i = lm->spec_index;
         if (i < 0 || i >= n || strcmp(sp[i].name, lm->weight) || sp[i].shape[0] != lm->out ||
-            sp[i].fan_in != lm->in) {
+            sp[i].fan_in != lm->in || src[i].f32) {
             s = ergo_fail(err, ERGO_E_ARG, "%s: the adapter was checked against another model "
                           "(`%s')", a->dir, lm->weight);
             goto done;
@@ -209,8 +227,10 @@ ergo_status model_save_dir(const model *m, const lora_adapter *a, const char *sr
     if (mkdir(tmp, 0755) != 0)
         return ergo_fail(err, ERGO_E_IO, "%s: cannot create directory: %s", tmp, strerror(errno));
     ergo_status s;
-    if ((s = write_tensors(tmp, m, a, err)) || (s = copy_files(tmp, m, src_dir, err)) ||
-        (s = path_fsync(tmp, err)))
+    char path[2048];
+    if ((s = path_join(path, sizeof path, tmp, "model.safetensors", err)) ||
+        (s = model_write_safetensors(path, m, NULL, a, err)) ||
+        (s = model_copy_files(tmp, m, src_dir, 1, err)) || (s = path_fsync(tmp, err)))
         goto fail;
     if (exists) {
         if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out_dir, RENAME_EXCHANGE) != 0) {

@@ -31,4 +31,20 @@
 ergo_status model_save_dir(const model *m, const lora_adapter *a, const char *src_dir,
                            const char *out_dir, int replace, ergo_error *err);
 
+/* model.safetensors alone, at path (fsynced): every tensor of m in its stored dtype,
+ * named in m's layout. f32_values (may be NULL) gives, per weights_spec index, values
+ * to write instead (NULL entries: as stored), rounded to the stored dtype to nearest
+ * even as torch's .to() does: a training run's f32 masters. a (may be NULL) is merged
+ * into the tensors it adapts (none of which may have f32_values). */
+ergo_status model_write_safetensors(const char *path, const model *m,
+                                   const float *const *f32_values, const lora_adapter *a,
+                                   ergo_error *err);
+
+/* Copies src_dir's config, generation config (both only when with_configs), tokenizer,
+ * processor and chat-template files into dir, each fsynced; with_configs and no
+ * config.json (generation_config.json) in src_dir (or no src_dir): written from m's
+ * parsed JSON. */
+ergo_status model_copy_files(const char *dir, const model *m, const char *src_dir,
+                             int with_configs, ergo_error *err);
+
 #endif
