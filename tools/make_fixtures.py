@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-AREAS = ["tokenizer", "image", "checkpoint", "vision", "text", "pipeline", "train", "grpo",
+AREAS = ["tokenizer", "image", "checkpoint", "vision", "text", "pipeline", "train", "lora", "grpo",
          "grpo_train"]
 
 

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include "base/file.h"
+#include "base/json.h"
+#include "model/lora_adapter.h"
 #include "image/image.h"
 #include "image/preprocess.h"
 #include "kernels/quant.h"
@@ -361,20 +363,25 @@ ergo_status cli_check_image(const char *path, const preprocess_config *pc, int e
 ergo_status cli_load_engine(const char *command, engine *e, const char *dir,
                             const engine_options *eo, ergo_error *err) {
     progress p;
-    char cache[4200] = "";
+    char cache[4200] = "", what[4400];
     if (eo->weights != QUANT_NONE) {
-        if (!eo->weights_cache || !strcmp(eo->weights_cache, "auto"))
+        if (eo->lora && (!eo->weights_cache || !strcmp(eo->weights_cache, "auto")))
+            snprintf(cache, sizeof cache, "%s/ergo-weights.%s-lora-<adapter hash>", dir,
+                     quant_format_name(eo->weights));
+        else if (!eo->weights_cache || !strcmp(eo->weights_cache, "auto"))
             snprintf(cache, sizeof cache, "%s/ergo-weights.%s", dir, quant_format_name(eo->weights));
         else
             snprintf(cache, sizeof cache, "%s", eo->weights_cache);
     }
+    snprintf(what, sizeof what, "%s%s%s", dir, eo->lora ? " + LoRA " : "",
+             eo->lora ? eo->lora : "");
     if (eo->weights == QUANT_NONE)
-        progress_begin(&p, "load %s (bf16, as stored)", dir);
+        progress_begin(&p, "load %s (bf16, as stored)", what);
     else if (!strcmp(cache, "off"))
-        progress_begin(&p, "load %s + quantise to %s (no cache)", dir,
+        progress_begin(&p, "load %s + quantise to %s (no cache)", what,
                        quant_format_name(eo->weights));
     else
-        progress_begin(&p, "load %s + %s weights (cache %s)", dir, quant_format_name(eo->weights),
+        progress_begin(&p, "load %s + %s weights (cache %s)", what, quant_format_name(eo->weights),
                        cache);
     ergo_status s = engine_load(e, dir, eo, err);
     if (s) {
@@ -382,18 +389,43 @@ ergo_status cli_load_engine(const char *command, engine *e, const char *dir,
         return s;
     }
     const quantize_report *q = &e->quant;
+    char lora[128] = "";
+    if (e->lora_dir[0])
+        snprintf(lora, sizeof lora, ", LoRA merged into %d linears (adapter %.12s)",
+                 e->lora_modules, e->lora_hash);
     if (eo->weights == QUANT_NONE)
-        progress_end(&p, "%d text layers, %d vision blocks", e->m.config.text.n_layers,
-                     e->m.config.vision.depth);
+        progress_end(&p, "%d text layers, %d vision blocks%s", e->m.config.text.n_layers,
+                     e->m.config.vision.depth, lora);
     else if (q->from_cache)
-        progress_end(&p, "%d tensors mapped from the cache", q->n_tensors);
+        progress_end(&p, "%d tensors mapped from the cache%s", q->n_tensors, lora);
     else
-        progress_end(&p, "quantised %d tensors (%.2f GB -> %.2f GB) in %.1f s%s", q->n_tensors,
+        progress_end(&p, "quantised %d tensors (%.2f GB -> %.2f GB) in %.1f s%s%s", q->n_tensors,
                      (double)q->source_bytes / 1e9, (double)q->quant_bytes / 1e9, q->ms / 1e3,
-                     q->cache_written ? ", cache written" : "");
+                     q->cache_written ? ", cache written" : "", lora);
+    if (e->lora_note[0]) fprintf(stderr, "ergo %s: note: %s\n", command, e->lora_note);
     cli_engine_warning(command, e);
     return ERGO_OK;
 }
+
+ergo_status cli_check_lora(const char *dir, ergo_error *err) {
+    char resolved[1024];
+    ergo_status s = lora_adapter_resolve(dir, resolved, sizeof resolved, NULL, 0, err);
+    if (s) return s;
+    char path[1100];
+    snprintf(path, sizeof path, "%s/adapter_config.json", resolved);
+    json_t *j = json_load_path(path, err);
+    if (!j) return err ? err->code : ERGO_E_FORMAT;
+    json_decref(j);
+    return ERGO_OK;
+}
+
+const char cli_lora_help[] =
+    "--lora DIR merges a LoRA adapter into the weights at load: PEFT's save_pretrained layout\n"
+    "(adapter_config.json + adapter_model.safetensors, either tensor-name layout), or an\n"
+    "`ergo train sft --lora-rank R` output directory (its newest checkpoint). W += s * B @ A\n"
+    "in f32, rounded once to the stored dtype, before any q8/q4 quantisation (the automatic\n"
+    "cache is then ergo-weights.q8-lora-<adapter hash> beside the model). `ergo lora merge`\n"
+    "writes the merged model as a checkpoint directory instead.\n";
 
 void cli_decode_progress_begin(cli_decode_progress *d, FILE *out, int max_new) {
     memset(d, 0, sizeof *d);

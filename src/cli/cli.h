@@ -120,6 +120,14 @@ ergo_status cli_check_image(const char *path, const struct preprocess_config *pc
 ergo_status cli_load_engine(const char *command, struct engine *e, const char *dir,
                             const struct engine_options *eo, ergo_error *err);
 
+/* --lora DIR checked before anything is loaded: the adapter directory resolves
+ * (model/lora_adapter.h) and its adapter_config.json is JSON; the rest is checked
+ * against the model at load. */
+ergo_status cli_check_lora(const char *dir, ergo_error *err);
+
+/* The help text of --lora, shared by the commands that take it. */
+extern const char cli_lora_help[];
+
 /* The decode loop's text callback (generate_text_fn) for the commands: streams the
  * text to `out` (NULL: no streaming) and, when nothing streams to a terminal,
  * draws the token count and rate; the end prints "decode: N tokens, X tokens/s". */

@@ -249,7 +249,7 @@ int cmd_bench_train(int argc, char **argv) {
             model_free(&m);
             return cli_usage_error(NAME, "%s", "--weights q8/q4 needs LoRA (a frozen base)");
         }
-        quantize_opts qo = {(quant_format)qf, NULL, 0};
+        quantize_opts qo = {.format = (quant_format)qf};
         quantize_report qr;
         if ((s = model_quantize(&m, &qo, &qr, &err))) {
             model_free(&m);

@@ -26,6 +26,7 @@ static void usage(FILE *out) {
             "usage: ergo chat -m|--model DIR [-i|--image FILE] [--system TEXT] [-n|--max-new-tokens N]\n"
             "                 [--greedy] [-t|--threads N] [--weights bf16|q8|q4]\n"
             "                 [--weights-cache auto|off|FILE] [--kv-dtype f32|bf16] [-q|--quiet]\n"
+            "                 [--lora DIR]\n"
             "\n"
             "Reads one user turn per line from stdin and streams the answer to stdout; every\n"
             "turn continues the same session (KV cache), so earlier turns are not computed\n"
@@ -35,6 +36,7 @@ static void usage(FILE *out) {
             "Decoding follows DIR/generation_config.json (as `ergo generate`); --greedy decodes\n"
             "greedily; at most N new tokens per turn (default 1024). The conversation ends when\n"
             "it fills the model's context.\n");
+    fputs(cli_lora_help, out);
 }
 
 static int fail(const char *msg) { return cli_fail("chat", msg); }
@@ -163,7 +165,7 @@ static ergo_status turn(chat *ch, const char *system, const char *text, const ge
 
 int cmd_chat(int argc, char **argv) {
     const char *model_dir = NULL, *image_path = NULL, *system = NULL, *weights = NULL;
-    const char *weights_cache = NULL, *kv = NULL;
+    const char *weights_cache = NULL, *kv = NULL, *lora = NULL;
     long long max_new = 1024, threads = 0;
     int greedy = 0, quiet = 0;
     const cli_opt opts[] = {
@@ -175,6 +177,7 @@ int cmd_chat(int argc, char **argv) {
         {"weights", 0, CLI_STR, &weights, NULL, 0, 0, 0, 0, NULL},
         {"weights-cache", 0, CLI_STR, &weights_cache, NULL, 0, 0, 0, 0, NULL},
         {"kv-dtype", 0, CLI_STR, &kv, NULL, 0, 0, 0, 0, NULL},
+        {"lora", 0, CLI_STR, &lora, NULL, 0, 0, 0, 0, NULL},
         {"greedy", 0, CLI_FLAG, &greedy, NULL, 0, 0, 0, 0, NULL},
         {"quiet", 'q', CLI_FLAG, &quiet, NULL, 0, 0, 0, 0, NULL},
     };
@@ -191,6 +194,8 @@ int cmd_chat(int argc, char **argv) {
     engine_options_default(&eo);
     if (cli_engine_options(&eo, threads, weights, weights_cache, kv, &err))
         return cli_usage_error("chat", "%s", err.msg);
+    eo.lora = lora;
+    if (lora && cli_check_lora(lora, &err)) return fail(err.msg);
     if (system && cli_check_utf8("--system", system, &err)) return fail(err.msg);
     chat *ch = calloc(1, sizeof *ch);
     if (!ch) return fail("out of memory");

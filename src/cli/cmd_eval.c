@@ -28,7 +28,7 @@ static void usage(FILE *out) {
 "                 [--shard I/N] [--resume] [--reference-denominator] [--crop-probe gt|noise|full]\n"
 "                 [--threads N] [--weights bf16|q8|q4] [--weights-cache auto|off|FILE]\n"
 "                 [--max-new-tokens N] [--fallback full|downsampled] [--fixed-tokens S1,S2,B]\n"
-"                 [--box-text TEXT] [--retries N] [--no-progress]\n"
+"                 [--box-text TEXT] [--retries N] [--no-progress] [--lora DIR]\n"
 "       ergo eval merge OUT_DIR SHARD_DIR... [--reference-denominator]\n"
 "\n"
 "Runs a benchmark as ERGO's src/ergo/eval.py does: stage 1 sees the bare question, stage 2\n"
@@ -58,6 +58,9 @@ static void usage(FILE *out) {
 "--shard I/N takes samples I, I+N, I+2N, ...; `ergo eval merge OUT SHARDS...` writes the\n"
 "union and the same summary one process gives. Built with Open MPI, `mpirun -np K ergo\n"
 "eval ...` shards over the ranks (rank r writes OUT/rank-r) and rank 0 merges into OUT.\n"
+"\n"
+"--lora DIR (with --model) merges a PEFT LoRA adapter, or the newest checkpoint of an\n"
+"`ergo train sft` output, into the weights at load (see `ergo generate --help`).\n"
 "In process, samples run one after another on one context (several samples per weight\n"
 "pass is a later optimisation).\n"
 "\n"
@@ -124,6 +127,7 @@ int cmd_eval(int argc, char **argv) {
     eval_config c;
     eval_config_default(&c);
     const char *bench = NULL, *model_dir = NULL, *weights = NULL, *weights_cache = NULL;
+    const char *lora = NULL;
     long long threads = 0;
     int no_progress = 0;
     for (int i = 1; i < argc; i++) {
@@ -144,6 +148,7 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(a, "--api-key")) c.api_key = v;
         else if (!strcmp(a, "--weights")) weights = v;
         else if (!strcmp(a, "--weights-cache")) weights_cache = v;
+        else if (!strcmp(a, "--lora")) lora = v;
         else if (!strcmp(a, "--box-text")) c.run.box_text = v;
         else if (!strcmp(a, "--max-vision-tokens")) ok = parse_budgets(v, &c);
         else if (!strcmp(a, "--fixed-tokens")) ok = cli_parse_fixed_tokens(v, c.run.fixed_tokens);
@@ -189,6 +194,11 @@ int cmd_eval(int argc, char **argv) {
     if (!c.data_root) return cli_usage_error(NAME, "%s", "--data-root is required");
     if (!c.out_dir) return cli_usage_error(NAME, "%s", "--out is required");
     if (!model_dir == !c.endpoint) return cli_usage_error(NAME, "%s", "give exactly one of --model and --endpoint");
+    if (lora && !model_dir) return cli_usage_error(NAME, "%s", "--lora needs --model (an endpoint serves its own weights)");
+    if (lora) {
+        ergo_error lerr = {0};
+        if (cli_check_lora(lora, &lerr)) return fail(lerr.msg);
+    }
     c.progress = no_progress ? -1 : isatty(2) ? 1 : 0;
 
     int rank = 0, size = 1;
@@ -225,12 +235,14 @@ int cmd_eval(int argc, char **argv) {
         engine_options eo;
         engine_options_default(&eo);
         eo.n_threads = (int)threads;
+        eo.lora = lora;
         e = calloc(1, sizeof *e);
         ctx = calloc(1, sizeof *ctx);
         ergo_status s = !e || !ctx ? ergo_fail(&err, ERGO_E_NOMEM, "out of memory") : ERGO_OK;
         if (!s) s = hub_resolve_model(model_dir, dir, sizeof dir, &err);
         if (!s) s = cli_weights_options(&eo, weights, weights_cache, &err);
         if (!s) s = engine_load(e, dir, &eo, &err);
+        if (!s && e->lora_note[0]) fprintf(stderr, "ergo eval: note: %s\n", e->lora_note);
         if (!s) cli_engine_warning(NAME, e);
         if (!s) s = context_init(ctx, e, &err);
         if (s) rc = fail(err.msg);

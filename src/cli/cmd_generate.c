@@ -35,6 +35,7 @@ static void usage(FILE *out) {
             "                     [--stop TEXT]... [--min-pixels N --max-pixels N] [--json]\n"
             "                     [--dump-logits FILE] [--weights bf16|q8|q4]\n"
             "                     [--weights-cache auto|off|FILE] [--kv-dtype f32|bf16]\n"
+            "                     [--lora DIR]\n"
             "\n"
             "--question/--question-file are aliases of --prompt/--prompt-file (- reads stdin).\n"
             "Options and images are checked before the model is loaded (usage errors exit 2,\n"
@@ -64,6 +65,7 @@ static void usage(FILE *out) {
             "timings_detail: ms in the vision blocks (also per block), the decoder layers and the\n"
             "lm_head.\n");
     fputs(cli_kv_help, out);
+    fputs(cli_lora_help, out);
 }
 
 static int fail(const char *msg) { return cli_fail("generate", msg); }
@@ -74,7 +76,7 @@ static int usage_error(const char *fmt, const char *arg) {
 
 typedef struct options {
     const char *model, *prompt, *prompt_file, *system, *dump_logits, *weights, *weights_cache;
-    const char *kv_dtype;
+    const char *kv_dtype, *lora;
     char *prompt_buf;       /* --prompt-file's text (owned) */
     const char *images[MAX_IMAGES];
     cli_multi image_list;
@@ -105,6 +107,7 @@ static int parse(options *o, int argc, char **argv, int *exit_code) {
         {"weights", 0, CLI_STR, &o->weights, NULL, 0, 0, 0, 0, NULL},
         {"weights-cache", 0, CLI_STR, &o->weights_cache, NULL, 0, 0, 0, 0, NULL},
         {"kv-dtype", 0, CLI_STR, &o->kv_dtype, NULL, 0, 0, 0, 0, NULL},
+        {"lora", 0, CLI_STR, &o->lora, NULL, 0, 0, 0, 0, NULL},
         {"max-new-tokens", 'n', CLI_INT, &o->max_new, NULL, 1, 1 << 20, 0, 0, &o->has_max_new},
         {"min-pixels", 0, CLI_INT, &o->min_px, NULL, 1, (long long)1 << 40, 0, 0, NULL},
         {"max-pixels", 0, CLI_INT, &o->max_px, NULL, 1, (long long)1 << 40, 0, 0, NULL},
@@ -152,6 +155,10 @@ static int parse(options *o, int argc, char **argv, int *exit_code) {
     engine_options_default(&eo);
     if (cli_engine_options(&eo, o->threads, o->weights, o->weights_cache, o->kv_dtype, &err)) {
         *exit_code = cli_usage_error("generate", "%s", err.msg);
+        return 1;
+    }
+    if (o->lora && cli_check_lora(o->lora, &err)) {
+        *exit_code = fail(err.msg);
         return 1;
     }
     /* inputs: the prompt, then every image (exists, decodes, fits the processor) */
@@ -255,6 +262,7 @@ static ergo_status run_generate(run *r, const options *o, ergo_error *err) {
     eo.max_pixels = o->max_px;
     ergo_status s = cli_engine_options(&eo, o->threads, o->weights, o->weights_cache,
                                        o->kv_dtype, err);
+    eo.lora = o->lora;
     if (!s) s = cli_load_engine("generate", &r->e, o->model, &eo, err);
     if (s) return s;
     cli_engine_warning("generate", &r->e);

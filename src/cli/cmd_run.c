@@ -34,7 +34,7 @@ static void usage(FILE *out) {
             "                [--fallback full|downsampled] [--json] [-t|--threads N] [-q|--quiet]\n"
             "                [--save-crop FILE.png] [--save-viz FILE.png] [--stage1-text TEXT]\n"
             "                [--weights bf16|q8|q4] [--weights-cache auto|off|FILE] [--kv-dtype f32|bf16]\n"
-            "                [--fixed-tokens S1,S2,BASELINE] [--box-text TEXT]\n"
+            "                [--fixed-tokens S1,S2,BASELINE] [--box-text TEXT] [--lora DIR]\n"
             "       ergo run --model DIR|OWNER/NAME --batch FILE.jsonl [same options]\n"
             "\n"
             "ERGO's two stages (the protocol ERGO-7B was trained on): stage 1 looks at the image\n"
@@ -92,6 +92,7 @@ static void usage(FILE *out) {
             "--model takes a local checkpoint directory or a hub id such as nota-ai/ERGO-7B\n"
             "(downloaded on first use into the Hugging Face cache; offline, pass a directory).\n");
     fputs(cli_kv_help, out);
+    fputs(cli_lora_help, out);
 }
 
 static int fail(const char *msg) { return cli_fail("run", msg); }
@@ -104,7 +105,7 @@ enum { MODE_ERGO = 1, MODE_BASELINE = 2, MODE_BOTH = 3 };
 
 typedef struct options {
     const char *model, *image, *question, *question_file, *postfix, *batch, *save_crop, *save_viz;
-    const char *weights, *weights_cache, *kv_dtype, *mode_name, *fallback_name, *fixed;
+    const char *weights, *weights_cache, *kv_dtype, *mode_name, *fallback_name, *fixed, *lora;
     char *question_buf;       /* --question-file's text (owned) */
     const char *options[MAX_OPTIONS];
     cli_multi option_list;
@@ -143,6 +144,7 @@ static int parse(options *o, int argc, char **argv, int *code) {
         {"weights", 0, CLI_STR, &o->weights, NULL, 0, 0, 0, 0, NULL},
         {"weights-cache", 0, CLI_STR, &o->weights_cache, NULL, 0, 0, 0, 0, NULL},
         {"kv-dtype", 0, CLI_STR, &o->kv_dtype, NULL, 0, 0, 0, 0, NULL},
+        {"lora", 0, CLI_STR, &o->lora, NULL, 0, 0, 0, 0, NULL},
         {"fixed-tokens", 0, CLI_STR, &o->fixed, NULL, 0, 0, 0, 0, NULL},
         {"mode", 0, CLI_STR, &o->mode_name, NULL, 0, 0, 0, 0, NULL},
         {"fallback", 0, CLI_STR, &o->fallback_name, NULL, 0, 0, 0, 0, NULL},
@@ -212,6 +214,10 @@ static int parse(options *o, int argc, char **argv, int *code) {
     engine_options_default(&eo);
     if (cli_engine_options(&eo, o->threads, o->weights, o->weights_cache, o->kv_dtype, &err)) {
         *code = usage_error("%s", err.msg);
+        return 1;
+    }
+    if (o->lora && cli_check_lora(o->lora, &err)) {
+        *code = fail(err.msg);
         return 1;
     }
     /* the inputs, before any loading or quantising */
@@ -590,6 +596,7 @@ int cmd_run(int argc, char **argv) {
     int rc = 0;
     ergo_status s = cli_engine_options(&eo, o.threads, o.weights, o.weights_cache, o.kv_dtype,
                                        &err);
+    eo.lora = o.lora;
     if (!s) s = cli_load_engine("run", e, dir, &eo, &err);
     if (!s) s = context_init(c, e, &err);
     if (s) {

@@ -36,6 +36,8 @@ static void usage(FILE *out) {
             "  --allowed-local-media-path DIR  allow file:// image URLs under DIR\n"
             "  --allow-remote-media     accepted; http(s) fetching is not implemented and refused\n"
             "  --weights bf16|q8|q4     how the linear weights are read (bf16)\n"
+            "  --lora DIR               merge a PEFT LoRA adapter (or an `ergo train sft` output)\n"
+            "                           into the weights at load (see `ergo generate --help`)\n"
             "  --threads N              OpenMP threads per forward (all)\n"
             "  --min-pixels N, --max-pixels N  the processor's image budget (the checkpoint's)\n"
             "  --quiet                  no per-request log line\n");
@@ -50,7 +52,7 @@ int cmd_serve(int argc, char **argv) {
     so.log = 1;
     engine_options eo;
     engine_options_default(&eo);
-    const char *model_arg = NULL, *weights = NULL;
+    const char *model_arg = NULL, *weights = NULL, *lora = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -68,6 +70,7 @@ int cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--served-model-name")) so.model_name = val;
         else if (!strcmp(a, "--allowed-local-media-path")) so.local_media = val;
         else if (!strcmp(a, "--weights")) weights = val;
+        else if (!strcmp(a, "--lora")) lora = val;
         else {
             /* the numeric options: name, range, destination */
             long long mp = 0, xp = 0, body = -1, ctx = -1, thr = -1;
@@ -108,11 +111,17 @@ int cmd_serve(int argc, char **argv) {
     char dir[4096];
     if (hub_resolve_model(model_arg, dir, sizeof dir, &err)) return cli_fail("serve", err.msg);
     if (cli_weights_options(&eo, weights, NULL, &err)) return cli_fail("serve", err.msg);
+    if (lora && cli_check_lora(lora, &err)) return cli_fail("serve", err.msg);
+    eo.lora = lora;
     engine e;
     if (engine_load(&e, dir, &eo, &err)) {
         engine_free(&e);
         return cli_fail("serve", err.msg);
     }
+    if (e.lora_note[0]) fprintf(stderr, "ergo serve: note: %s\n", e.lora_note);
+    if (e.lora_dir[0])
+        fprintf(stderr, "ergo serve: LoRA %s merged into %d linears (adapter %.12s)\n", e.lora_dir,
+                e.lora_modules, e.lora_hash);
     cli_engine_warning("serve", &e);
     struct sigaction sa = {0};
     sa.sa_handler = on_signal;

@@ -37,6 +37,7 @@ static const command commands[] = {
     {"inspect", cmd_inspect, "print the architecture of a checkpoint directory"},
     {"tokenize", cmd_tokenize, "print the token ids of a text as a JSON array (or decode ids)"},
     {"preprocess", cmd_preprocess, "resize, normalise and patchify an image as the reference does"},
+    {"lora", cmd_lora, "`lora merge`: write a base checkpoint with a LoRA adapter merged in"},
     {"train", cmd_train, "`train sft` / `train grpo`: fine-tune on conversations; ERGO's GRPO (resume; mpirun)"},
     {"bench", cmd_bench, "`bench model`: engine speed vs the machine; `bench inputs`: tokenizer, images"},
     {"make-checkpoint", cmd_make_checkpoint, "write a random test/benchmark checkpoint from a seed"},

@@ -77,11 +77,13 @@ static ergo_status list_targets(model_quant *mq, model *m, ergo_error *err) {
 
 /* ---- fingerprint of the source weights ---- */
 
-static void fingerprint(uint8_t out[SHA256_DIGEST_SIZE], const model_quant *mq) {
+static void fingerprint(uint8_t out[SHA256_DIGEST_SIZE], const model_quant *mq, const void *salt,
+                        size_t salt_len) {
     struct sha256_ctx ctx;
     sha256_init(&ctx);
     uint32_t fmt = (uint32_t)mq->format;
     sha256_update(&ctx, sizeof fmt, (const uint8_t *)&fmt);
+    if (salt && salt_len) sha256_update(&ctx, salt_len, salt); /* none: the old fingerprint */
     for (int i = 0; i < mq->n; i++) {
         const tensor *t = &mq->slots[i]->t;
         const uint8_t *d = t->data;
@@ -342,7 +344,7 @@ ergo_status model_quantize(model *m, const quantize_opts *opts, quantize_report 
             return ergo_fail(err, ERGO_E_ARG, "quantize: %s has no data", mq->slots[i]->t.name);
         }
     uint8_t fp[SHA256_DIGEST_SIZE];
-    fingerprint(fp, mq);
+    fingerprint(fp, mq, opts->salt, opts->salt_len);
     if (opts->cache_path)
         rep->from_cache = cache_try_map(mq, opts->cache_path, fp, rep->cache_note,
                                         sizeof rep->cache_note);

@@ -35,6 +35,10 @@ typedef struct quantize_opts {
                               * each twin exists (their `data` becomes NULL): frees the
                               * memory of an in-memory model. If model_quantize then
                               * fails, the model is unusable: free it. */
+    const void *salt;        /* salt_len bytes mixed into the cache's fingerprint (a LoRA
+                              * adapter's hash: merged weights differ from the base in
+                              * bytes the sampled fingerprint may not see); NULL: none */
+    size_t salt_len;
 } quantize_opts;
 
 typedef struct quantize_report {

@@ -9,6 +9,7 @@
 
 #include "base/clock.h"
 #include "base/file.h"
+#include "model/lora_adapter.h"
 
 void engine_options_default(engine_options *o) { memset(o, 0, sizeof *o); }
 
@@ -23,10 +24,14 @@ static ergo_status quantize(engine *e, const engine_options *o, const char *mode
                          (int)o->weights);
     char path[4096];
     quantize_opts qo = {.format = o->weights, .release_source = 1};
+    /* merged weights: a cache made for another adapter (or none) must not match */
+    if (e->lora_hash[0]) qo.salt = e->lora_hash, qo.salt_len = strlen(e->lora_hash);
     const char *cache = o->weights_cache;
     ergo_status s;
     if ((!cache || !strcmp(cache, "auto")) && model_dir) {
-        if ((s = quant_cache_default_path(path, sizeof path, model_dir, qo.format, err))) return s;
+        if ((s = engine_cache_auto_path(path, sizeof path, model_dir, qo.format,
+                                        e->lora_hash[0] ? e->lora_hash : NULL, err)))
+            return s;
         qo.cache_path = path;
     } else if (cache && strcmp(cache, "off") && strcmp(cache, "auto")) {
         qo.cache_path = cache;
@@ -37,8 +42,36 @@ static ergo_status quantize(engine *e, const engine_options *o, const char *mode
     return ERGO_OK;
 }
 
-/* What both constructors share once the model is in e->m: threads, limits,
- * quantisation, processor defaults, the eos ids. */
+ergo_status engine_cache_auto_path(char *out, size_t size, const char *model_dir, quant_format f,
+                                   const char *lora_hash, ergo_error *err) {
+    ergo_status s = quant_cache_default_path(out, size, model_dir, f, err);
+    if (s || !lora_hash) return s;
+    const size_t n = strlen(out);
+    if (snprintf(out + n, size - n, "-lora-%.16s", lora_hash) >= (int)(size - n))
+        return ergo_fail(err, ERGO_E_ARG, "%s: path too long", model_dir);
+    return ERGO_OK;
+}
+
+/* The --lora adapter merged into e->m (before any quantisation). */
+static ergo_status apply_lora(engine *e, const char *option, ergo_error *err) {
+    char dir[sizeof e->lora_dir];
+    lora_adapter a;
+    ergo_status s = lora_adapter_resolve(option, dir, sizeof dir, e->lora_note,
+                                         sizeof e->lora_note, err);
+    if (!s) s = lora_adapter_load(&a, dir, &e->m.config, err);
+    if (s) return s;
+    s = lora_adapter_apply(&e->m, &a, err);
+    if (!s) {
+        memcpy(e->lora_dir, dir, sizeof e->lora_dir);
+        memcpy(e->lora_hash, a.hash, sizeof e->lora_hash);
+        e->lora_modules = a.n_modules;
+    }
+    lora_adapter_free(&a);
+    return s;
+}
+
+/* What both constructors share once the model is in e->m: the adapter, threads,
+ * limits, quantisation, processor defaults, the eos ids. */
 static ergo_status finish_model(engine *e, const engine_options *o, const char *model_dir,
                                 ergo_error *err) {
     const text_config *t = &e->m.config.text;
@@ -59,7 +92,9 @@ static ergo_status finish_model(engine *e, const engine_options *o, const char *
     e->prefill_chunk = o->prefill_chunk ? o->prefill_chunk : ENGINE_PREFILL_CHUNK;
     e->kv_dtype = o->kv_dtype;
     e->kv_budget_bytes = o->kv_budget_bytes;
-    ergo_status s = quantize(e, o, model_dir, err);
+    ergo_status s;
+    if (o->lora && (s = apply_lora(e, o->lora, err))) return s;
+    s = quantize(e, o, model_dir, err);
     if (s) return s;
     const generation_config *g = &e->m.generation;
     for (int i = 0; i < g->n_eos; i++) e->stop_ids[e->n_stop_ids++] = g->eos_token_ids[i];

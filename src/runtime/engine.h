@@ -52,6 +52,12 @@ typedef struct engine_options {
     size_t kv_budget_bytes;    /* each context's KV cache limit; 0 = none */
     int model_only;            /* engine_load: the model alone (no tokenizer, template or
                                   processor config; as engine_from_model): benchmarks */
+    const char *lora;          /* NULL, or a PEFT LoRA adapter directory (or an `ergo train
+                                  sft` output: its newest checkpoint) merged into the weights
+                                  after the load, before the q8/q4 twins (model/lora_adapter.h);
+                                  an automatic weights cache is then <dir>/ergo-weights.<fmt>-
+                                  lora-<16 hex of the adapter's SHA-256>, and every cache's
+                                  fingerprint includes that hash */
 } engine_options;
 
 /* Everything 0 / NULL: bf16 as stored, cache beside the checkpoint, the best ISA,
@@ -78,6 +84,10 @@ typedef struct engine {
     quantize_report quant;     /* what the quantisation did (zeroed for bf16) */
     char warning[256];         /* non-empty: the weights cache could not be used or written
                                   (the engine is fine; the caller prints it) */
+    char lora_dir[1024];       /* the adapter merged ("" for none), as resolved */
+    char lora_hash[65];        /* its content's SHA-256 (hex) */
+    int lora_modules;          /* linears it adapted */
+    char lora_note[256];       /* how lora_dir was found from the option, "" when it is it */
     double load_ms;            /* model_load (mapping, binding); 0 for engine_from_model */
     int model_loaded;          /* m must be freed */
 } engine;
@@ -105,6 +115,12 @@ void engine_view(engine *view, const engine *e, const model_weights *w);
 
 /* Releases everything; e is zeroed (safe after a failed load, and twice). */
 void engine_free(engine *e);
+
+/* "<model_dir>/ergo-weights.<fmt>" or, with a LoRA adapter of content hash
+ * lora_hash (hex, NULL for none), "<model_dir>/ergo-weights.<fmt>-lora-<16 hex>":
+ * where `--weights-cache auto` keeps a q8/q4 cache. */
+ergo_status engine_cache_auto_path(char *out, size_t size, const char *model_dir, quant_format f,
+                                   const char *lora_hash, ergo_error *err);
 
 
 

@@ -25,6 +25,7 @@
 #include "base/half.h"
 #include "base/json.h"
 #include "io/safetensors.h"
+#include "model/model_save.h"
 
 int (*train_checkpoint_fault)(const char *stage) = NULL;
 
@@ -114,65 +115,6 @@ static ergo_status write_json_synced(const char *dir, const char *name, const js
     return s;
 }
 
-static ergo_status copy_synced(const char *from_dir, const char *to_dir, const char *name,
-                               ergo_error *err) {
-    char from[1024];
-    ergo_status s;
-    if ((s = path_join(from, sizeof from, from_dir, name, err))) return s;
-    char *buf;
-    size_t n;
-    if ((s = file_read_all(from, (size_t)1 << 30, &buf, &n, err))) return s;
-    s = write_synced(to_dir, name, buf, n, err);
-    free(buf);
-    return s;
-}
-
-/* The base's non-weight files: configs (full training only), tokenizer, processor,
- * chat templates. Without base_dir the configs come from the parsed base. */
-static ergo_status copy_base_files(const char *tmp, const model *base, const char *base_dir,
-                                   int with_configs, ergo_error *err) {
-    static const char *const names[] = {
-        "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-        "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
-        "preprocessor_config.json", "video_preprocessor_config.json"};
-    ergo_status s;
-    int have_config = 0, have_gen = 0;
-    if (base_dir) {
-        DIR *d = opendir(base_dir);
-        if (!d)
-            return ergo_fail(err, ERGO_E_IO, "%s: cannot list the base directory: %s", base_dir,
-                             strerror(errno));
-        struct dirent *e;
-        s = ERGO_OK;
-        while (!s && (e = readdir(d))) {
-            int take = !strncmp(e->d_name, "chat_template", 13);
-            for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-                if (!strcmp(e->d_name, names[i])) take = 1;
-            const int is_cfg = !strcmp(e->d_name, "config.json"),
-                      is_gen = !strcmp(e->d_name, "generation_config.json");
-            if (!take || ((is_cfg || is_gen) && !with_configs)) continue;
-            char from[1024];
-            if ((s = path_join(from, sizeof from, base_dir, e->d_name, err))) break;
-            if (!file_exists(from)) continue;
-            s = copy_synced(base_dir, tmp, e->d_name, err);
-            have_config |= is_cfg;
-            have_gen |= is_gen;
-        }
-        closedir(d);
-        if (s) return s;
-    }
-    if (!with_configs) return ERGO_OK;
-    if (!have_config) {
-        if (!base->ckpt.config)
-            return ergo_fail(err, ERGO_E_ARG, "%s: the base model has no config.json to write", tmp);
-        if ((s = write_json_synced(tmp, "config.json", base->ckpt.config, err))) return s;
-    }
-    if (!have_gen && base->ckpt.generation &&
-        (s = write_json_synced(tmp, "generation_config.json", base->ckpt.generation, err)))
-        return s;
-    return ERGO_OK;
-}
-
 /* ---- the trainable parameters' shapes ---- */
 
 typedef struct pshape {
@@ -219,30 +161,8 @@ static ergo_status param_shapes(const train_model *tm, pshape *out, ergo_error *
 
 /* ---- model.safetensors (full training) ---- */
 
-typedef struct model_src {
-    dtype dt;            /* stored dtype of the base */
-    const float *master; /* trainable: the f32 master */
-    const uint8_t *raw;  /* frozen: the base's bytes */
-} model_src;
-
-static ergo_status model_fill(void *ctx, int index, int64_t start, int64_t count, void *out,
-                              ergo_error *err) {
-    const model_src *m = &((const model_src *)ctx)[index];
-    const int es = dtype_bits(m->dt) / 8;
-    (void)err;
-    if (!m->master) {
-        memcpy(out, m->raw + (size_t)start * (size_t)es, (size_t)count * (size_t)es);
-        return ERGO_OK;
-    }
-    const float *src = m->master + start;
-    if (m->dt == DTYPE_F32) memcpy(out, src, (size_t)count * sizeof(float));
-    else if (m->dt == DTYPE_BF16)
-        for (int64_t k = 0; k < count; k++) ((uint16_t *)out)[k] = f32_to_bf16_one(src[k]);
-    else
-        for (int64_t k = 0; k < count; k++) ((uint16_t *)out)[k] = f32_to_f16_one(src[k]);
-    return ERGO_OK;
-}
-
+/* The base's tensors with the trainable ones replaced by their f32 masters, rounded
+ * to the stored dtype (model_write_safetensors). */
 static ergo_status write_model(const char *tmp, const train_model *tm, const model *base,
                                ergo_error *err) {
     const int n = weights_spec(&base->config, NULL, NULL);
@@ -250,60 +170,34 @@ static ergo_status write_model(const char *tmp, const train_model *tm, const mod
         return ergo_fail(err, ERGO_E_ARG, "%s: the base model's config differs from the trained one",
                          tmp);
     weight_spec *sp = malloc(sizeof *sp * (size_t)n);
-    st_write_entry *ent = malloc(sizeof *ent * (size_t)n);
-    model_src *src = malloc(sizeof *src * (size_t)n);
-    char(*names)[160] = malloc(sizeof *names * (size_t)n);
+    const float **vals = calloc((size_t)n, sizeof *vals);
     ergo_status s = ERGO_OK;
     char path[1024];
-    if (!sp || !ent || !src || !names) {
+    if (!sp || !vals) {
         s = ergo_fail(err, ERGO_E_NOMEM, "%s: out of memory", tmp);
         goto done;
     }
     if ((s = path_join(path, sizeof path, tmp, "model.safetensors", err))) goto done;
-    weights_spec(&base->config, sp, (model_weights *)&base->weights);
-    int j = 0;
-    for (int i = 0; i < n; i++) {
-        const tensor *t = &sp[i].slot->t;
-        if (t->dtype != DTYPE_BF16 && t->dtype != DTYPE_F16 && t->dtype != DTYPE_F32) {
-            s = ergo_fail(err, ERGO_E_UNSUPPORTED, "%s: tensor `%s' of the base is stored as %s",
-                          path, sp[i].name, dtype_name(t->dtype));
+    weights_spec(&base->config, sp, NULL);
+    int j = 0; /* params are in spec order: one walk */
+    for (int i = 0; i < n && j < tm->n_opt; i++) {
+        if (strcmp(tm->params[j].name, sp[i].name)) continue;
+        if (tm->params[j].numel != sp[i].numel) {
+            s = ergo_fail(err, ERGO_E_SHAPE, "%s: parameter `%s' has %lld values, the base %lld",
+                          path, sp[i].name, (long long)tm->params[j].numel, (long long)sp[i].numel);
             goto done;
         }
-        weights_layout_name(names[i], sizeof names[i], sp[i].name, base->names);
-        ent[i].name = names[i];
-        ent[i].dtype = t->dtype;
-        ent[i].n_dims = sp[i].n_dims;
-        memset(ent[i].shape, 0, sizeof ent[i].shape);
-        memcpy(ent[i].shape, sp[i].shape, sizeof sp[i].shape);
-        src[i] = (model_src){t->dtype, NULL, t->data};
-        if (j < tm->n_opt && !strcmp(tm->params[j].name, sp[i].name)) {
-            if (tm->params[j].numel != sp[i].numel) {
-                s = ergo_fail(err, ERGO_E_SHAPE, "%s: parameter `%s' has %lld values, the base %lld",
-                              path, sp[i].name, (long long)tm->params[j].numel,
-                              (long long)sp[i].numel);
-                goto done;
-            }
-            src[i].master = tm->params[j++].master;
-        } else if (!t->data && sp[i].numel > 0) {
-            s = ergo_fail(err, ERGO_E_UNSUPPORTED, "%s: the stored values of frozen tensor `%s' "
-                          "were released (quantised base): cannot write a full checkpoint",
-                          path, sp[i].name);
-            goto done;
-        }
+        vals[i] = tm->params[j++].master;
     }
     if (j != tm->n_opt) {
         s = ergo_fail(err, ERGO_E_ARG, "%s: trainable parameter `%s' is not in the base model",
                       path, tm->params[j].name);
         goto done;
     }
-    static const st_metadata_entry meta[1] = {{"format", "pt"}};
-    s = safetensors_write(path, ent, n, meta, 1, model_fill, src, err);
-    if (!s) s = path_fsync(path, err);
+    s = model_write_safetensors(path, base, vals, NULL, err);
 done:
     free(sp);
-    free(ent);
-    free(src);
-    free(names);
+    free(vals);
     return s;
 }
 
@@ -621,7 +515,7 @@ ergo_status train_checkpoint_save(const char *out_dir, const train_model *tm, co
     } else {
         if ((s = fault(tmp, "model", err)) || (s = write_model(tmp, tm, base, err))) goto fail;
     }
-    if ((s = fault(tmp, "files", err)) || (s = copy_base_files(tmp, base, base_dir, !lora, err)))
+    if ((s = fault(tmp, "files", err)) || (s = model_copy_files(tmp, base, base_dir, !lora, err)))
         goto fail;
     if ((s = fault(tmp, "state", err)) || (s = write_state_tensors(tmp, tm, ps, err))) goto fail;
     if ((s = fault(tmp, "state_json", err)) || (s = write_state_json(tmp, tm, rs, err))) goto fail;
