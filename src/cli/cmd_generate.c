@@ -291,7 +291,10 @@ static ergo_status run_generate(run *r, const options *o, ergo_error *err) {
     context_prefill_out pf;
     progress pp;
     progress_begin(&pp, "prefill %zu tokens", r->ids.n);
-    if ((s = context_prefill(&r->c, &r->s, &piece, &pf, err))) {
+    r->c.st.on_rows = cli_prefill_rows, r->c.st.on_rows_ctx = &pp; /* a bar with ETA */
+    s = context_prefill(&r->c, &r->s, &piece, &pf, err);
+    r->c.st.on_rows = NULL, r->c.st.on_rows_ctx = NULL;
+    if (s) {
         progress_abort(&pp);
         return s;
     }

@@ -440,7 +440,9 @@ static ergo_status run_item(context *c, const options *o, const item *it, json_t
         ro.on_text_ctx = &st;
         ro.on_stage1 = stream_stage1;
         stream_begin(&st, "ERGO stage 1 (the downsampled image)");
+        c->st.on_rows = cli_prefill_rows, c->st.on_rows_ctx = &st.p; /* each prefill's bar */
         s = ergo_run(c, &ro, &img, &it->q, &er, err);
+        c->st.on_rows = NULL, c->st.on_rows_ctx = NULL;
         if (s) progress_abort(&st.p);
         else if (er.s2.ran) progress_end(&st.p, "%lld vision tokens%s, %d prompt + %zu generated tokens",
                                          (long long)er.s2.vision_tokens,

@@ -85,3 +85,9 @@ void progress_abort(progress *p) {
     clear_line(p);
     fflush(stderr);
 }
+
+void cli_prefill_rows(void *ctx, int64_t done, int64_t total) {
+    progress_update(ctx, (double)done, (double)total, "tokens");
+    /* the bar goes once the prefill is done: generated text may stream on this line */
+    if (done >= total) progress_abort(ctx);
+}

@@ -12,6 +12,8 @@
 #ifndef ERGO_CLI_PROGRESS_H
 #define ERGO_CLI_PROGRESS_H
 
+#include <stdint.h>
+
 typedef struct progress {
     char label[160];
     double t0, last_draw; /* ms */
@@ -32,5 +34,9 @@ void progress_update(progress *p, double done, double total, const char *unit);
 void progress_end(progress *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Clears a drawn line without a summary (an error follows). */
 void progress_abort(progress *p);
+
+/* A text_state.on_rows callback (ctx: a begun progress): the prefill's tokens done of
+ * total, drawn as a bar with ETA on a terminal and cleared when the prefill ends. */
+void cli_prefill_rows(void *ctx, int64_t done, int64_t total);
 
 #endif

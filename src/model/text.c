@@ -376,12 +376,16 @@ ergo_status text_forward_batch(const model *m, text_state *st, kv_pool *pool, te
     for (int i = 0; i < n_seqs; i++)
         if ((r = kv_seq_reserve(pool, seqs[i].kv, seqs[i].kv->n_tokens + seqs[i].in.n, err)))
             return r;
+    int64_t rows_total = 0, rows_done = 0;
+    for (int i = 0; i < n_seqs; i++) rows_total += seqs[i].in.n;
     for (;;) {
         int n = 0, n8 = 0;
         const int n_segs = plan_round(st, seqs, n_seqs, &n, &n8);
         if (!n_segs) break;
         if ((r = forward_round(m, st, pool, seqs, st->segs, n_segs, n, n8, err))) return r;
         for (int s = 0; s < n_segs; s++) seqs[st->segs[s].seq].done += st->segs[s].n;
+        rows_done += n;
+        if (st->on_rows) st->on_rows(st->on_rows_ctx, rows_done, rows_total);
     }
     for (int i = 0; i < n_seqs; i++) kv_seq_commit(seqs[i].kv, seqs[i].kv->n_tokens + seqs[i].in.n);
     return ERGO_OK;

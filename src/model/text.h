@@ -79,6 +79,10 @@ typedef struct text_state {
     const uint8_t **blocks;     /* (T, max_blocks) block bases of the round's sequences */
     struct text_segment *segs;  /* (T) the round's pieces of sequences */
     attend_causal_seq *att;     /* (T) their queries and caches for the attention */
+    /* Progress of a long forward (a prefill): called after each round with the rows
+     * done and the call's total; NULL (the default) for none. The caller sets it. */
+    void (*on_rows)(void *ctx, int64_t done, int64_t total);
+    void *on_rows_ctx;
     double ms_layers;     /* time spent in the decoder layers (accumulated) */
     double ms_head;       /* time spent in the final norm + lm_head (accumulated) */
 } text_state;
