@@ -257,6 +257,12 @@ static void test_refusals(const char *dir, const char *small_dir, const char *br
     const char *too_many[] = {"--model", small_dir, "--image", img, "--image", img, "--image",
                               img, "--prompt", "Hi", NULL};
     check_refusal(too_many, 1, "too many images for the context", "images over the context");
+    /* refused before the load: no q8 weights cache is written for a prompt that cannot fit */
+    const char *too_long_q8[] = {"--model", small_dir, "--weights", "q8", "--prompt", longp, NULL};
+    check_refusal(too_long_q8, 1, "longer than the context of 40", "prompt over the context, q8");
+    char cache[1200];
+    snprintf(cache, sizeof cache, "%s/ergo-weights.q8", small_dir);
+    CHECK(!file_exists(cache), "a refused prompt still quantised the model (%s exists)", cache);
     const char *broken[] = {"--model", broken_dir, "--prompt", "x", NULL};
     check_refusal(broken, 1, "model.layers.1.mlp.up_proj.weight", "missing tensor");
     const char *bad_temp[] = {"--model", dir, "--prompt", "x", "--temperature", "0", NULL};

@@ -14,6 +14,9 @@
 #include "kernels/quant.h"
 #include "progress.h"
 #include "runtime/engine.h"
+#include "model/config.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 int cli_fail(const char *command, const char *msg) {
     fprintf(stderr, "ergo %s: ", command);
@@ -469,4 +472,50 @@ int cli_parse_fixed_tokens(const char *v, int out[3]) {
         out[i] = (int)n;
     }
     return tok == NULL;
+}
+
+ergo_status cli_check_prompt_fits(const char *dir, chat_message *msgs, int n_msgs,
+                                  const image *images, int n_images, const preprocess_config *pc,
+                                  ergo_error *err) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    json_t *root = json_load_path(path, err);
+    if (!root) return ERGO_E_IO; /* err says why */
+    model_config cfg;
+    ergo_status s = model_config_parse(&cfg, root, path, err);
+    json_decref(root);
+    if (s) return s;
+    /* each image's pads: the processor's resize, then merge x merge patches per token */
+    const int unit = cfg.vision.patch * cfg.vision.merge;
+    int64_t vision_tokens = 0;
+    int k = 0;
+    for (int m = 0; m < n_msgs; m++)
+        for (size_t p = 0; p < msgs[m].n_parts; p++) {
+            chat_part *part = (chat_part *)&msgs[m].parts[p];
+            if (part->type != CHAT_IMAGE || k >= n_images) continue;
+            int h = 0, w = 0;
+            if ((s = smart_resize_qwen(images[k].height, images[k].width, unit, pc->min_pixels,
+                                       pc->max_pixels, &h, &w, err)))
+                return s;
+            part->image_tokens = (int32_t)((int64_t)(h / unit) * (w / unit));
+            vision_tokens += part->image_tokens;
+            k++;
+        }
+    tokenizer *tok = NULL;
+    chat_template ct;
+    tok_ids ids = {0};
+    s = tokenizer_load(&tok, dir, err);
+    if (!s) s = chat_template_load(&ct, dir, err);
+    if (!s) s = chat_encode(&ct, tok, msgs, (size_t)n_msgs, 1, &ids, err);
+    const int64_t n = (int64_t)ids.n, room = cfg.text.max_position_embeddings;
+    tok_ids_free(&ids);
+    tokenizer_free(tok);
+    if (s || n <= room) return s;
+    if (n_images && n - vision_tokens <= room)
+        return ergo_fail(err, ERGO_E_LIMIT, "too many images for the context: %d image(s) take %lld "
+                         "vision tokens, making a prompt of %lld tokens; the context holds %lld",
+                         n_images, (long long)vision_tokens, (long long)n, (long long)room);
+    return ergo_fail(err, ERGO_E_LIMIT, "the prompt is %lld tokens (%lld of them for %d image(s)), "
+                     "longer than the context of %lld tokens", (long long)n, (long long)vision_tokens,
+                     n_images, (long long)room);
 }

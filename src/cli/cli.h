@@ -120,6 +120,17 @@ ergo_status cli_check_image(const char *path, const struct preprocess_config *pc
 ergo_status cli_load_engine(const char *command, struct engine *e, const char *dir,
                             const struct engine_options *eo, ergo_error *err);
 
+/* The prompt fits the model's context before anything heavy is loaded: the chat
+ * template's tokens for msgs (their CHAT_IMAGE parts' token counts filled here from
+ * the decoded images under pc: the processor's smart_resize and merge) against
+ * config.json's max_position_embeddings. Loads only DIR's config, tokenizer and
+ * template. The messages are the ones a prefill would give, so a refusal reads the
+ * same before and after the load. */
+struct chat_message;
+ergo_status cli_check_prompt_fits(const char *dir, struct chat_message *msgs, int n_msgs,
+                                  const struct image *images, int n_images,
+                                  const struct preprocess_config *pc, ergo_error *err);
+
 /* --lora DIR checked before anything is loaded: the adapter directory resolves
  * (model/lora_adapter.h) and its adapter_config.json is JSON; the rest is checked
  * against the model at load. */

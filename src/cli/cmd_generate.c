@@ -172,6 +172,7 @@ static int parse(options *o, int argc, char **argv, int *exit_code) {
         return 1;
     }
     preprocess_config pc;
+    memset(&pc, 0, sizeof pc);
     if (o->n_images && cli_processor_config(&pc, o->model, o->min_px, o->max_px, &err)) {
         *exit_code = err.code == ERGO_E_ARG ? cli_usage_error("generate", "%s", err.msg)
                                             : fail(err.msg);
@@ -182,6 +183,19 @@ static int parse(options *o, int argc, char **argv, int *exit_code) {
             *exit_code = fail(err.msg);
             return 1;
         }
+    /* the conversation run_generate will build fits the context (before the load,
+     * the quantisation and any vision encode) */
+    chat_part parts[MAX_IMAGES + 1];
+    for (int i = 0; i < o->n_images; i++) parts[i] = (chat_part){CHAT_IMAGE, NULL, 0, 0};
+    parts[o->n_images] = (chat_part){CHAT_TEXT, o->prompt, strlen(o->prompt), 0};
+    chat_message msgs[2];
+    int n_msgs = 0;
+    if (o->system) msgs[n_msgs++] = (chat_message){"system", o->system, strlen(o->system), NULL, 0};
+    msgs[n_msgs++] = (chat_message){"user", NULL, 0, parts, (size_t)o->n_images + 1};
+    if (cli_check_prompt_fits(o->model, msgs, n_msgs, o->decoded, o->n_images, &pc, &err)) {
+        *exit_code = fail(err.msg);
+        return 1;
+    }
     return 0;
 }
 
