@@ -363,6 +363,10 @@ ergo_status cli_check_image(const char *path, const preprocess_config *pc, int e
     return s;
 }
 
+static void quantize_bar(void *ctx, int64_t done, int64_t total) {
+    progress_update(ctx, (double)done / 1e6, (double)total / 1e6, "MB quantised");
+}
+
 ergo_status cli_load_engine(const char *command, engine *e, const char *dir,
                             const engine_options *eo, ergo_error *err) {
     progress p;
@@ -386,7 +390,9 @@ ergo_status cli_load_engine(const char *command, engine *e, const char *dir,
     else
         progress_begin(&p, "load %s + %s weights (cache %s)", what, quant_format_name(eo->weights),
                        cache);
-    ergo_status s = engine_load(e, dir, eo, err);
+    engine_options with_bar = *eo; /* the quantisation's bytes as a bar with ETA */
+    with_bar.on_quantize = quantize_bar, with_bar.on_quantize_ctx = &p;
+    ergo_status s = engine_load(e, dir, &with_bar, err);
     if (s) {
         progress_abort(&p);
         return s;

@@ -277,7 +277,9 @@ static void release_pages(const tensor *t) {
  * twin exists, so the peak is the sources plus one twin, not plus all of them
  * (the full 7B in q8 from an in-memory model peaked at 23.5 GB otherwise). */
 static ergo_status quantise_all(model_quant *mq, int release, const void *keep,
-                                ergo_error *err) {
+                                const quantize_opts *opts, ergo_error *err) {
+    int64_t total = 0, done = 0;
+    for (int i = 0; i < mq->n; i++) total += (int64_t)mq->slots[i]->t.nbytes;
     for (int i = 0; i < mq->n; i++) {
         const tensor *t = &mq->slots[i]->t;
         const int rows = (int)t->shape[0], cols = (int)t->shape[1];
@@ -291,6 +293,8 @@ static ergo_status quantise_all(model_quant *mq, int release, const void *keep,
         qmatrix *q = &mq->mats[i];
 #pragma omp parallel for schedule(dynamic, 64)
         for (int j = 0; j < rows; j++) quant_rows(q, t->data, wt, j, j + 1);
+        done += (int64_t)t->nbytes;
+        if (opts->on_bytes) opts->on_bytes(opts->on_bytes_ctx, done, total);
         if (release && t->data != keep) release_pages(t);
     }
     return ERGO_OK;
@@ -350,7 +354,7 @@ ergo_status model_quantize(model *m, const quantize_opts *opts, quantize_report 
                                         sizeof rep->cache_note);
     if (!rep->from_cache) {
         /* the cache file is written from the twins, so sources can go early */
-        if ((s = quantise_all(mq, opts->release_source, m->weights.text.embed.t.data, err))) {
+        if ((s = quantise_all(mq, opts->release_source, m->weights.text.embed.t.data, opts, err))) {
             model_quant_free(m);
             return s;
         }

@@ -39,6 +39,10 @@ typedef struct quantize_opts {
                               * adapter's hash: merged weights differ from the base in
                               * bytes the sampled fingerprint may not see); NULL: none */
     size_t salt_len;
+    /* progress of a quantisation (not of a cache mapping): source bytes done of total,
+     * after each tensor; NULL: none */
+    void (*on_bytes)(void *ctx, int64_t done, int64_t total);
+    void *on_bytes_ctx;
 } quantize_opts;
 
 typedef struct quantize_report {

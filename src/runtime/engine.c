@@ -23,7 +23,8 @@ static ergo_status quantize(engine *e, const engine_options *o, const char *mode
         return ergo_fail(err, ERGO_E_ARG, "weights format %d: use bf16 (as stored), q8 or q4",
                          (int)o->weights);
     char path[4096];
-    quantize_opts qo = {.format = o->weights, .release_source = 1};
+    quantize_opts qo = {.format = o->weights, .release_source = 1,
+                        .on_bytes = o->on_quantize, .on_bytes_ctx = o->on_quantize_ctx};
     /* merged weights: a cache made for another adapter (or none) must not match */
     if (e->lora_hash[0]) qo.salt = e->lora_hash, qo.salt_len = strlen(e->lora_hash);
     const char *cache = o->weights_cache;

@@ -50,6 +50,9 @@ typedef struct engine_options {
     int prefill_chunk;         /* tokens per text forward in a context; 0 = ENGINE_PREFILL_CHUNK */
     kv_dtype kv_dtype;         /* how each context's KV cache stores keys/values (KV_F32) */
     size_t kv_budget_bytes;    /* each context's KV cache limit; 0 = none */
+    void (*on_quantize)(void *ctx, int64_t done, int64_t total); /* quantisation progress
+                                  (source bytes), or NULL */
+    void *on_quantize_ctx;
     int model_only;            /* engine_load: the model alone (no tokenizer, template or
                                   processor config; as engine_from_model): benchmarks */
     const char *lora;          /* NULL, or a PEFT LoRA adapter directory (or an `ergo train
