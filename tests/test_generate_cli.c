@@ -263,6 +263,24 @@ static void test_refusals(const char *dir, const char *small_dir, const char *br
     char cache[1200];
     snprintf(cache, sizeof cache, "%s/ergo-weights.q8", small_dir);
     CHECK(!file_exists(cache), "a refused prompt still quantised the model (%s exists)", cache);
+    /* ergo run: ERGO's stage-1 prompt (its system prompt alone is over 40 tokens) is
+     * refused before the load too */
+    {
+        char cmd[4096];
+        snprintf(cmd, sizeof cmd, "%s run --model %s --image %s --question hi --weights q8 >%s 2>%s",
+                 getenv("ERGO_BIN"), small_dir, img, scratch("run.out"), scratch("run.err"));
+        const int rc = system(cmd);
+        char *rerr = NULL;
+        size_t n = 0;
+        ergo_error ferr = {0};
+        file_read_all(scratch("run.err"), 1 << 20, &rerr, &n, &ferr);
+        CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 1 && rerr &&
+                  strstr(rerr, "longer than the context of 40") && !strstr(rerr, "load "),
+              "run with a stage-1 prompt over the context: exit %d, stderr \"%s\"",
+              WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, rerr ? rerr : "");
+        CHECK(!file_exists(cache), "run quantised the model before refusing the prompt");
+        free(rerr);
+    }
     const char *broken[] = {"--model", broken_dir, "--prompt", "x", NULL};
     check_refusal(broken, 1, "model.layers.1.mlp.up_proj.weight", "missing tensor");
     const char *bad_temp[] = {"--model", dir, "--prompt", "x", "--temperature", "0", NULL};

@@ -123,6 +123,47 @@ static void options_free(options *o) {
 
 /* Every option and input checked before the model is loaded: 0, or 1 with *code
  * the exit status (0 for --help, 2 for a usage error, 1 for a bad input). */
+/* The prompts fit the model's context before the load: ERGO's stage 1 (the
+ * downsampled image) and the baseline's one turn (the whole image under the
+ * processor). Stage 2 adds at most a crop of the same budget and is checked by the
+ * prefill itself. */
+static ergo_status check_prompts_fit(const options *o, const preprocess_config *pc,
+                                     ergo_error *err) {
+    const image *img = &o->decoded;
+    const ergo_question q = {o->question, o->options, o->n_options, o->postfix};
+    if (o->mode & MODE_ERGO) {
+        const int64_t max_px = (int64_t)o->run.max_vision_tokens * ERGO_FACTOR * ERGO_FACTOR;
+        int h1 = 0, w1 = 0;
+        ergo_status s = smart_resize_ergo(img->height, img->width, ERGO_FACTOR, ERGO_MIN_PIXELS,
+                                          max_px, &h1, &w1, err);
+        if (s) return s;
+        const image small = {w1, h1, NULL}; /* only its size is read */
+        size_t n = strlen(q.question), k = strlen(ergo_template1_suffix);
+        char *t1 = malloc(n + k + 1);
+        if (!t1) return ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+        memcpy(t1, q.question, n), memcpy(t1 + n, ergo_template1_suffix, k + 1);
+        chat_part p1[2] = {{CHAT_IMAGE, NULL, 0, 0}, {CHAT_TEXT, t1, n + k, 0}};
+        chat_message m1[2] = {{"system", ergo_system_prompt, strlen(ergo_system_prompt), NULL, 0},
+                              {"user", NULL, 0, p1, 2}};
+        /* the stage-1 image is within the processor's limits by construction */
+        preprocess_config any = *pc;
+        any.min_pixels = 1, any.max_pixels = (int64_t)1 << 40;
+        s = cli_check_prompt_fits(o->model, m1, 2, &small, 1, &any, err);
+        free(t1);
+        if (s) return s;
+    }
+    if (o->mode & MODE_BASELINE) {
+        char *full_q = ergo_full_question(&q);
+        if (!full_q) return ergo_fail(err, ERGO_E_NOMEM, "out of memory");
+        chat_part p[2] = {{CHAT_IMAGE, NULL, 0, 0}, {CHAT_TEXT, full_q, strlen(full_q), 0}};
+        chat_message m[1] = {{"user", NULL, 0, p, 2}};
+        ergo_status s = cli_check_prompt_fits(o->model, m, 1, img, 1, pc, err);
+        free(full_q);
+        if (s) return s;
+    }
+    return ERGO_OK;
+}
+
 static int parse(options *o, int argc, char **argv, int *code) {
     memset(o, 0, sizeof *o);
     ergo_options_default(&o->run);
@@ -266,6 +307,10 @@ static int parse(options *o, int argc, char **argv, int *code) {
             *code = fail(err.msg);
             return 1;
         }
+    }
+    if (local && check_prompts_fit(o, &pc, &err)) {
+        *code = fail(err.msg);
+        return 1;
     }
     return 0;
 }
