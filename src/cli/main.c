@@ -39,7 +39,7 @@ static const command commands[] = {
     {"preprocess", cmd_preprocess, "resize, normalise and patchify an image as the reference does"},
     {"lora", cmd_lora, "`lora merge`: write a base checkpoint with a LoRA adapter merged in"},
     {"train", cmd_train, "`train sft` / `train grpo`: fine-tune on conversations; ERGO's GRPO (resume; mpirun)"},
-    {"bench", cmd_bench, "`bench model`: engine speed vs the machine; `bench inputs`: tokenizer, images"},
+    {"bench", cmd_bench, "`bench model` / `bench train` / `bench backward` / `bench inputs`: speed vs the machine"},
     {"make-checkpoint", cmd_make_checkpoint, "write a random test/benchmark checkpoint from a seed"},
     {"synth", cmd_synth, "write the synthetic landmark-tag benchmark (V* layout, SFT split)"},
 };
