@@ -77,7 +77,10 @@ int cmd_make_checkpoint(int argc, char **argv) {
     }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    progress p; /* shown while the (possibly GB-sized) weights are written, on a terminal */
+    progress_begin(&p, "write %s (%s)", out, c.name);
     s = random_checkpoint_write(&c, out, tok, &err);
+    progress_abort(&p); /* the summary is the "wrote" line below */
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (s) {
         fprintf(stderr, "ergo make-checkpoint: %s\n", err.msg);
