@@ -15,6 +15,7 @@
 #include "base/file.h"
 #include "base/json.h"
 #include "check.h"
+#include "train_fixture.h"
 #include "io/random_checkpoint.h"
 #include "io/safetensors.h"
 #include "runtime/engine.h"
@@ -35,36 +36,6 @@ static const char *scratch(const char *name) {
     return buf[k];
 }
 
-/* A tiny f32 model with the real vocabulary (as test_train_sft.c's). */
-static int write_model(void) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/checkpoints/cases/flat_new_f32_tied.json", fixtures_dir());
-    json_t *root = json_load_path(path, NULL);
-    CHECK(root != NULL, "%s", path);
-    if (!root) return 0;
-    json_t *cfg = json_object_get(root, "config");
-    json_object_set_new(cfg, "hidden_size", json_integer(32));
-    json_object_set_new(cfg, "num_attention_heads", json_integer(2));
-    json_object_set_new(cfg, "num_key_value_heads", json_integer(1));
-    json_object_set_new(cfg, "intermediate_size", json_integer(64));
-    json_t *vc = json_object_get(cfg, "vision_config");
-    json_object_set_new(vc, "out_hidden_size", json_integer(32));
-    json_object_set_new(vc, "depth", json_integer(2));
-    json_object_set_new(vc, "fullatt_block_indexes", json_pack("[i]", 1));
-    json_object_set_new(root, "dtype", json_string("f32"));
-    json_object_set_new(root, "init", json_string("reference"));
-    ckpt_case c;
-    ergo_error err = {0};
-    ergo_status s = ckpt_case_parse(&c, root, "grpo case", &err);
-    json_decref(root);
-    CHECK(s == ERGO_OK, "grpo case: %s", err.msg);
-    if (s) return 0;
-    snprintf(g_model, sizeof g_model, "%s", scratch("model"));
-    s = random_checkpoint_write(&c, g_model, "assets/qwen2.5-vl-tokenizer", &err);
-    ckpt_case_free(&c);
-    CHECK(s == ERGO_OK, "writing the model: %s", err.msg);
-    return s == ERGO_OK;
-}
 
 /* Three V*-layout items on the pipeline fixture's photo. */
 static int write_data(void) {
@@ -119,26 +90,6 @@ static void options(grpo_options *o, const char *out, int64_t steps) {
     o->reward_hook = parity_reward;
 }
 
-static float *read_all(const char *path, size_t *n) {
-    safetensors_file st;
-    ergo_error err = {0};
-    *n = 0;
-    if (safetensors_open(&st, path, &err)) {
-        CHECK(0, "%s", err.msg);
-        return NULL;
-    }
-    size_t total = 0;
-    for (int i = 0; i < st.n_tensors; i++) total += st.tensors[i].nbytes;
-    float *v = malloc(total + 4);
-    size_t off = 0;
-    for (int i = 0; v && i < st.n_tensors; i++) {
-        memcpy((char *)v + off, st.tensors[i].data, st.tensors[i].nbytes);
-        off += st.tensors[i].nbytes;
-    }
-    *n = total / 4;
-    safetensors_close(&st);
-    return v;
-}
 
 /* The log's records, checked for the columns every step must have. */
 static int check_log(const char *out, int steps, double *kl_last, double *norm_sum) {
@@ -378,7 +329,7 @@ static void check_two_ranks(const engine *e, const char *straight) {
     snprintf(a, sizeof a, "%s/checkpoint-2/trainer_state.safetensors", straight);
     snprintf(b, sizeof b, "%s/checkpoint-2/trainer_state.safetensors", scratch("two_ranks"));
     size_t na = 0, nb = 0;
-    float *wa = read_all(a, &na), *wb = read_all(b, &nb);
+    float *wa = trf_read_all_f32(a, &na), *wb = trf_read_all_f32(b, &nb);
     double worst = 0;
     for (size_t i = 0; wa && wb && na == nb && i < na; i++) worst = fmax(worst, fabs((double)wa[i] - (double)wb[i]));
     /* AdamW's first steps move each weight by about lr = 1e-2 whatever the gradient's size,
@@ -390,7 +341,7 @@ static void check_two_ranks(const engine *e, const char *straight) {
 }
 
 void test_grpo_run(void) {
-    if (!write_model() || !write_data()) return;
+    if (!trf_write_tiny_model(g_model, sizeof g_model, scratch("model")) || !write_data()) return;
     engine e;
     ergo_error err = {0};
     ergo_status s = engine_load(&e, g_model, NULL, &err);
@@ -423,7 +374,7 @@ void test_grpo_run(void) {
     snprintf(a, sizeof a, "%s/checkpoint-1/trainer_state.safetensors", straight);
     snprintf(b, sizeof b, "%s/checkpoint-2/trainer_state.safetensors", straight);
     size_t na = 0, nb = 0;
-    float *wa = read_all(a, &na), *wb = read_all(b, &nb);
+    float *wa = trf_read_all_f32(a, &na), *wb = trf_read_all_f32(b, &nb);
     CHECK(wa && wb && na == nb && na > 0 && memcmp(wa, wb, na * 4), "the weights did not change");
     free(wa), free(wb);
 
@@ -440,7 +391,7 @@ void test_grpo_run(void) {
     CHECK(s == ERGO_OK && res.steps == 2, "resumed: %s (steps %lld)", err.msg, (long long)res.steps);
     snprintf(a, sizeof a, "%s/checkpoint-2/trainer_state.safetensors", straight);
     snprintf(b, sizeof b, "%s/checkpoint-2/trainer_state.safetensors", resumed);
-    wa = read_all(a, &na), wb = read_all(b, &nb);
+    wa = trf_read_all_f32(a, &na), wb = trf_read_all_f32(b, &nb);
     CHECK(wa && wb && na == nb && na > 0 && !memcmp(wa, wb, na * 4),
           "the resumed run's masters and moments differ from the uninterrupted run's");
     free(wa), free(wb);

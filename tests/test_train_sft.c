@@ -23,6 +23,7 @@
 #include "base/json.h"
 #include "base/rng.h"
 #include "check.h"
+#include "train_fixture.h"
 #include "io/random_checkpoint.h"
 #include "io/safetensors.h"
 
@@ -63,37 +64,6 @@ static void slurp(const char *path, char *buf, size_t size) {
     if (f) buf[fread(buf, 1, size - 1, f)] = 0, fclose(f);
 }
 
-/* A tiny f32 model with the real vocabulary: text hidden 32 (2 x 16 heads, 1 kv head),
- * 2 layers; vision hidden 32, 2 blocks. */
-static int write_model(void) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/checkpoints/cases/flat_new_f32_tied.json", fixtures_dir());
-    json_t *root = json_load_path(path, NULL);
-    CHECK(root != NULL, "%s", path);
-    if (!root) return 0;
-    json_t *cfg = json_object_get(root, "config");
-    json_object_set_new(cfg, "hidden_size", json_integer(32));
-    json_object_set_new(cfg, "num_attention_heads", json_integer(2));
-    json_object_set_new(cfg, "num_key_value_heads", json_integer(1));
-    json_object_set_new(cfg, "intermediate_size", json_integer(64));
-    json_t *vc = json_object_get(cfg, "vision_config");
-    json_object_set_new(vc, "out_hidden_size", json_integer(32));
-    json_object_set_new(vc, "depth", json_integer(2));
-    json_object_set_new(vc, "fullatt_block_indexes", json_pack("[i]", 1));
-    json_object_set_new(root, "dtype", json_string("f32"));
-    json_object_set_new(root, "init", json_string("reference"));
-    ckpt_case c;
-    ergo_error err = {0};
-    ergo_status s = ckpt_case_parse(&c, root, "sft case", &err);
-    json_decref(root);
-    CHECK(s == ERGO_OK, "sft case: %s", err.msg);
-    if (s) return 0;
-    snprintf(g_model, sizeof g_model, "%s", scratch("model"));
-    s = random_checkpoint_write(&c, g_model, "assets/qwen2.5-vl-tokenizer", &err);
-    ckpt_case_free(&c);
-    CHECK(s == ERGO_OK, "writing the model: %s", err.msg);
-    return s == ERGO_OK;
-}
 
 /* n conversations "What colour is NAME's kite?" -> "NAME's kite is COLOUR." over a
  * fixed name -> colour table: learnable (the template, then the table). */
@@ -114,27 +84,6 @@ static int write_data(const char *path, int n, const char *extra_line) {
     return 1;
 }
 
-/* The f32 tensors of a safetensors file concatenated in name order (malloc'd). */
-static float *read_all(const char *path, size_t *n) {
-    safetensors_file st;
-    ergo_error err = {0};
-    *n = 0;
-    if (safetensors_open(&st, path, &err)) {
-        CHECK(0, "%s", err.msg);
-        return NULL;
-    }
-    size_t total = 0;
-    for (int i = 0; i < st.n_tensors; i++) total += st.tensors[i].nbytes;
-    float *v = malloc(total + 4);
-    size_t off = 0;
-    for (int i = 0; v && i < st.n_tensors; i++) {
-        memcpy((char *)v + off, st.tensors[i].data, st.tensors[i].nbytes);
-        off += st.tensors[i].nbytes;
-    }
-    *n = total / 4;
-    safetensors_close(&st);
-    return v;
-}
 
 #define COMMON "--heldout 16 --lr 3e-3 --warmup-steps 2 --threads 2 --quiet"
 
@@ -239,7 +188,7 @@ static void test_kill_resume(void) {
     snprintf(a, sizeof a, "%s/checkpoint-12/trainer_state.safetensors", scratch("straight"));
     snprintf(b, sizeof b, "%s/checkpoint-12/trainer_state.safetensors", out);
     size_t na = 0, nb = 0;
-    float *wa = read_all(a, &na), *wb = read_all(b, &nb);
+    float *wa = trf_read_all_f32(a, &na), *wb = trf_read_all_f32(b, &nb);
     CHECK(wa && wb && na == nb && na > 0 && !memcmp(wa, wb, na * 4),
           "resumed run's masters and moments differ from the uninterrupted run's (%zu vs %zu floats)",
           na, nb);
@@ -292,7 +241,7 @@ static void test_mpi(void) {
     snprintf(a, sizeof a, "%s/checkpoint-6/trainer_state.safetensors", scratch("one_rank"));
     snprintf(b, sizeof b, "%s/checkpoint-6/trainer_state.safetensors", scratch("two_ranks"));
     size_t na = 0, nb = 0;
-    float *wa = read_all(a, &na), *wb = read_all(b, &nb);
+    float *wa = trf_read_all_f32(a, &na), *wb = trf_read_all_f32(b, &nb);
     double worst = 0;
     for (size_t i = 0; wa && wb && na == nb && i < na; i++) worst = fmax(worst, fabs((double)wa[i] - (double)wb[i]));
     /* the ranks sum the gradients in another order (f32 rounding, about 1e-7 relative);
@@ -355,7 +304,7 @@ void test_train_sft(void) {
     char dir[1100];
     snprintf(dir, sizeof dir, "%s/train_sft", scratch_dir());
     mkdir(dir, 0755);
-    if (!write_model()) return;
+    if (!trf_write_tiny_model(g_model, sizeof g_model, scratch("model"))) return;
     snprintf(g_data, sizeof g_data, "%s", scratch("kites.jsonl"));
     if (!write_data(g_data, 200, NULL)) return;
     test_learns();

@@ -201,4 +201,59 @@ static inline double trf_check_tensor(const float *got, size_t n, const safetens
     return worst;
 }
 
+/* A tiny f32 model with the real vocabulary, written to dir (path_out gets dir): text
+ * hidden 32 (2 x 16 heads, 1 kv head), 2 layers; vision hidden 32, 2 blocks; the
+ * reference's initialisation. What the SFT and GRPO loop tests train. */
+static inline int trf_write_tiny_model(char *path_out, size_t size, const char *dir) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/checkpoints/cases/flat_new_f32_tied.json", fixtures_dir());
+    json_t *root = json_load_path(path, NULL);
+    CHECK(root != NULL, "%s", path);
+    if (!root) return 0;
+    json_t *cfg = json_object_get(root, "config");
+    json_object_set_new(cfg, "hidden_size", json_integer(32));
+    json_object_set_new(cfg, "num_attention_heads", json_integer(2));
+    json_object_set_new(cfg, "num_key_value_heads", json_integer(1));
+    json_object_set_new(cfg, "intermediate_size", json_integer(64));
+    json_t *vc = json_object_get(cfg, "vision_config");
+    json_object_set_new(vc, "out_hidden_size", json_integer(32));
+    json_object_set_new(vc, "depth", json_integer(2));
+    json_object_set_new(vc, "fullatt_block_indexes", json_pack("[i]", 1));
+    json_object_set_new(root, "dtype", json_string("f32"));
+    json_object_set_new(root, "init", json_string("reference"));
+    ckpt_case c;
+    ergo_error err = {0};
+    ergo_status s = ckpt_case_parse(&c, root, "tiny train case", &err);
+    json_decref(root);
+    CHECK(s == ERGO_OK, "tiny train case: %s", err.msg);
+    if (s) return 0;
+    snprintf(path_out, size, "%s", dir);
+    s = random_checkpoint_write(&c, path_out, "assets/qwen2.5-vl-tokenizer", &err);
+    ckpt_case_free(&c);
+    CHECK(s == ERGO_OK, "writing the model: %s", err.msg);
+    return s == ERGO_OK;
+}
+
+/* The f32 tensors of a safetensors file concatenated in name order (malloc'd; *n floats). */
+static inline float *trf_read_all_f32(const char *path, size_t *n) {
+    safetensors_file st;
+    ergo_error err = {0};
+    *n = 0;
+    if (safetensors_open(&st, path, &err)) {
+        CHECK(0, "%s", err.msg);
+        return NULL;
+    }
+    size_t total = 0;
+    for (int i = 0; i < st.n_tensors; i++) total += st.tensors[i].nbytes;
+    float *v = malloc(total + 4);
+    size_t off = 0;
+    for (int i = 0; v && i < st.n_tensors; i++) {
+        memcpy((char *)v + off, st.tensors[i].data, st.tensors[i].nbytes);
+        off += st.tensors[i].nbytes;
+    }
+    *n = total / 4;
+    safetensors_close(&st);
+    return v;
+}
+
 #endif
