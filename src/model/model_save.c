@@ -43,8 +43,8 @@ static void parent_of(char *out, size_t size, const char *path) {
 
 /* ---- files, each synced after it is written ---- */
 
-static ergo_status write_synced(const char *dir, const char *name, const void *data, size_t n,
-                                ergo_error *err) {
+ergo_status model_save_file(const char *dir, const char *name, const void *data, size_t n,
+                            ergo_error *err) {
     char path[2048];
     ergo_status s;
     if ((s = path_join(path, sizeof path, dir, name, err))) return s;
@@ -52,11 +52,11 @@ static ergo_status write_synced(const char *dir, const char *name, const void *d
     return path_fsync(path, err);
 }
 
-static ergo_status write_json_synced(const char *dir, const char *name, const json_t *j,
-                                     ergo_error *err) {
+ergo_status model_save_json(const char *dir, const char *name, const json_t *j,
+                            ergo_error *err) {
     char *text = json_dumps(j, JSON_INDENT(2));
     if (!text) return ergo_fail(err, ERGO_E_NOMEM, "%s/%s: cannot format JSON", dir, name);
-    ergo_status s = write_synced(dir, name, text, strlen(text), err);
+    ergo_status s = model_save_file(dir, name, text, strlen(text), err);
     free(text);
     return s;
 }
@@ -92,7 +92,7 @@ ergo_status model_copy_files(const char *dir, const model *m, const char *src_di
             char *buf;
             size_t n;
             if ((s = file_read_all(from, (size_t)1 << 30, &buf, &n, err))) break;
-            s = write_synced(dir, e->d_name, buf, n, err);
+            s = model_save_file(dir, e->d_name, buf, n, err);
             free(buf);
             have_config |= is_cfg;
             have_gen |= is_gen;
@@ -104,10 +104,10 @@ ergo_status model_copy_files(const char *dir, const model *m, const char *src_di
     if (!have_config) {
         if (!m->ckpt.config)
             return ergo_fail(err, ERGO_E_ARG, "%s: the model has no config.json to write", dir);
-        if ((s = write_json_synced(dir, "config.json", m->ckpt.config, err))) return s;
+        if ((s = model_save_json(dir, "config.json", m->ckpt.config, err))) return s;
     }
     if (!have_gen && m->ckpt.generation)
-        s = write_json_synced(dir, "generation_config.json", m->ckpt.generation, err);
+        s = model_save_json(dir, "generation_config.json", m->ckpt.generation, err);
     return s;
 }
 

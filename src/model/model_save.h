@@ -19,6 +19,8 @@
 #ifndef ERGO_MODEL_SAVE_H
 #define ERGO_MODEL_SAVE_H
 
+#include <jansson.h>
+
 #include "base/status.h"
 #include "model/lora_adapter.h"
 #include "model/weights.h"
@@ -46,5 +48,11 @@ ergo_status model_write_safetensors(const char *path, const model *m,
  * parsed JSON. */
 ergo_status model_copy_files(const char *dir, const model *m, const char *src_dir,
                              int with_configs, ergo_error *err);
+
+/* dir/name written and fsynced (the files of an atomic checkpoint directory); the JSON
+ * one indented by 2. Shared with train/checkpoint.c. */
+ergo_status model_save_file(const char *dir, const char *name, const void *data, size_t n,
+                            ergo_error *err);
+ergo_status model_save_json(const char *dir, const char *name, const json_t *j, ergo_error *err);
 
 #endif

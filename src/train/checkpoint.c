@@ -95,26 +95,6 @@ static int parse_name(const char *name, int64_t *step, long *pid) {
     return 1;
 }
 
-/* ---- files, each synced after it is written ---- */
-
-static ergo_status write_synced(const char *dir, const char *name, const void *data, size_t n,
-                                ergo_error *err) {
-    char path[1024];
-    ergo_status s;
-    if ((s = path_join(path, sizeof path, dir, name, err))) return s;
-    if ((s = file_write_all(path, data, n, err))) return s;
-    return path_fsync(path, err);
-}
-
-static ergo_status write_json_synced(const char *dir, const char *name, const json_t *j,
-                                     ergo_error *err) {
-    char *text = json_dumps(j, JSON_INDENT(2));
-    if (!text) return ergo_fail(err, ERGO_E_NOMEM, "%s/%s: cannot format JSON", dir, name);
-    ergo_status s = write_synced(dir, name, text, strlen(text), err);
-    free(text);
-    return s;
-}
-
 /* ---- the trainable parameters' shapes ---- */
 
 typedef struct pshape {
@@ -357,7 +337,7 @@ static ergo_status write_adapter(const char *tmp, const train_model *tm, const m
                       tmp);
         goto done;
     }
-    s = write_synced(tmp, "adapter_config.json", text, (size_t)len, err);
+    s = model_save_file(tmp, "adapter_config.json", text, (size_t)len, err);
 done:
     free(ent);
     free(src);
@@ -442,7 +422,7 @@ static ergo_status write_state_json(const char *tmp, const train_model *tm,
                                       tm->lora.use_rslora));
     }
     json_object_set(root, "config", rs->config ? rs->config : json_null());
-    ergo_status s = write_json_synced(tmp, "trainer_state.json", root, err);
+    ergo_status s = model_save_json(tmp, "trainer_state.json", root, err);
     json_decref(root);
     return s;
 }
