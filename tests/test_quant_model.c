@@ -228,6 +228,22 @@ static void test_accuracy(void) {
                kv16.same, kv16.n, 100 * rate, kv16.n ? kv16.kl_sum / kv16.n : 0.0, kv16.kl_max);
         CHECK(kv16.n == n && rate >= 0.99, "bf16 KV cache: top-1 agreement %.4f below 0.99", rate);
     }
+    {   /* --compute bf16 (activations rounded to bf16 at each product) on the stored
+         * weights, the path prefill takes on a CPU with bf16 dot products */
+        ergo_error err = {0};
+        if (kernels_set_compute("bf16", &err) == ERGO_OK) {
+            agreement c16 = {0};
+            if (forward_all(&m, ids, pos, n, got, 0, KV_F32)) agree_rows(&c16, ref, got, n, V);
+            kernels_set_compute("f32", &err);
+            const double rate = c16.n ? (double)c16.same / c16.n : 0;
+            printf("  [quant_model] --compute bf16 (stored weights): top-1 agreement %d/%d = "
+                   "%.2f%%, mean KL %.3e, max KL %.3e\n",
+                   c16.same, c16.n, 100 * rate, c16.n ? c16.kl_sum / c16.n : 0.0, c16.kl_max);
+            CHECK(c16.n == n && rate >= 0.99, "--compute bf16: top-1 agreement %.4f below 0.99",
+                  rate);
+        } else
+            SKIP("--compute bf16 accuracy: %s", err.msg);
+    }
     const quant_format fmts[2] = {QUANT_Q8, QUANT_Q4};
     const double floor_agree[2] = {0.99, 0.90};
     double kl_mean[2][2] = {{0}};
@@ -247,7 +263,19 @@ static void test_accuracy(void) {
               "%s: the head's twin is %s", quant_format_name(fmts[f]),
               head ? quant_format_name(head->format) : "none");
         t[2] += now_ms() - tk;
-        agreement pre = {0}, dec = {0};
+        agreement pre = {0}, dec = {0}, pre16 = {0};
+        if (kernels_set_compute("bf16", &err) == ERGO_OK) { /* the panels in bf16 */
+            if (forward_all(&m, ids, pos, n, got, 0, KV_F32)) agree_rows(&pre16, ref, got, n, V);
+            kernels_set_compute("f32", &err);
+            const double rate = pre16.n ? (double)pre16.same / pre16.n : 0;
+            printf("  [quant_model] %s prefill --compute bf16: top-1 agreement %d/%d = %.2f%%, "
+                   "mean KL %.3e, max KL %.3e\n",
+                   quant_format_name(fmts[f]), pre16.same, pre16.n, 100 * rate,
+                   pre16.n ? pre16.kl_sum / pre16.n : 0.0, pre16.kl_max);
+            CHECK(pre16.n == n && rate >= floor_agree[f],
+                  "%s prefill --compute bf16: top-1 agreement %.4f below %.2f",
+                  quant_format_name(fmts[f]), rate, floor_agree[f]);
+        }
         tk = now_ms();
         if (forward_all(&m, ids, pos, n, got, 0, KV_F32)) {
             t[3] += now_ms() - tk;

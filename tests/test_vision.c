@@ -75,6 +75,10 @@ static float *load_f32(const char *rel, size_t n) {
 }
 
 /* max |got - want| / max |want|, the measure; +inf when got holds NaN/Inf. */
+/* The bound on --compute bf16's vision output: bf16 rounding of each product's input
+ * (2^-9 relative) through a few blocks and the merger, with margin. */
+#define VISION_BF16_TOL 1e-2
+
 static double rel_error(const float *got, const float *want, size_t n) {
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
@@ -369,6 +373,20 @@ static void check_run(const json_t *run, const preprocess_config *pcfg, loaded_m
         CHECK(memcmp(one, out, sizeof(float) * (size_t)out_rows * (size_t)Do) == 0,
               "%s: images encoded one by one differ from vision_encode_batch", name);
         free(one);
+    }
+    /* --compute bf16 (activations rounded to bf16 at each product, f32 sums): its
+     * error against the reference is stated and bounded; f32 above is the parity */
+    st.trace = NULL;
+    if (kernels_set_compute("bf16", &err) == ERGO_OK) {
+        float *b16 = calloc((size_t)out_rows * (size_t)Do, sizeof *b16);
+        s = vision_encode_batch(m, &st, pix, grid_thw, n_images, b16, &err);
+        kernels_set_compute("f32", &err);
+        double eb = s == ERGO_OK ? rel_error(b16, ref, (size_t)out_rows * (size_t)Do) : INFINITY;
+        printf("  [vision] %-18s --compute bf16: rel err %.3g (max-abs err / max-abs ref; f32 %.3g)\n",
+               name, eb, e);
+        CHECK(eb <= VISION_BF16_TOL, "%s: --compute bf16 off by %.3g relative (bound %g)", name,
+              eb, VISION_BF16_TOL);
+        free(b16);
     }
     tap_set_free(ts);
     free(ts);

@@ -175,7 +175,8 @@ static double decode_weight_bytes(const model *m) {
 
 typedef struct limits_ctx {
     probe_limits lim;
-    double peak_f32; /* the FMA peak of the ISA in use, GFLOP/s */
+    double peak;           /* the peak of the instruction the products use, GFLOP/s */
+    const char *peak_name; /* "f32 FMA" or "bf16 dot" */
 } limits_ctx;
 
 static int fail(ergo_error *err) {
@@ -230,16 +231,16 @@ static int bench_vision(context *cx, const opts *o, const limits_ctx *L, json_t 
         double fw = vision_block_flops(c, hm, wm, 0), ff = vision_block_flops(c, hm, wm, 1);
         double ftot = fw * n_win + ff * n_full + 4.0 * tokens * 2 * row * c->hidden +
                       tokens * 2.0 * (4.0 * c->hidden * 4 * c->hidden + 4.0 * c->hidden * c->out_hidden);
-        double frac = ftot / (st.median * 1e-3) / 1e9 / L->peak_f32;
-        double fr_w = n_win ? fw * n_win / (sw.median * 1e-3) / 1e9 / L->peak_f32 : 0;
-        double fr_f = n_full ? ff * n_full / (sf.median * 1e-3) / 1e9 / L->peak_f32 : 0;
+        double frac = ftot / (st.median * 1e-3) / 1e9 / L->peak;
+        double fr_w = n_win ? fw * n_win / (sw.median * 1e-3) / 1e9 / L->peak : 0;
+        double fr_f = n_full ? ff * n_full / (sf.median * 1e-3) / 1e9 / L->peak : 0;
         double w_per = n_win ? sw.median / n_win / tokens * 1e3 : 0; /* us per block per token */
         double f_per = n_full ? sf.median / n_full / tokens * 1e3 : 0;
         {
             fprintf(o->tab, "vision %5d tokens (%dx%d merged, %d patches): %9.1f ms (min %.1f, max %.1f)  "
-                   "%6.1f GFLOP/s  %5.1f%% of f32 FMA peak\n",
+                   "%6.1f GFLOP/s  %5.1f%% of %s peak\n",
                    tokens, hm, wm, 4 * tokens, st.median, st.min, st.max,
-                   ftot / (st.median * 1e-3) / 1e9, 100 * frac);
+                   ftot / (st.median * 1e-3) / 1e9, 100 * frac, L->peak_name);
             if (n_win)
                 fprintf(o->tab, "  window blocks (%d): %9.1f ms  %7.1f ms/block  %6.2f us/block/token  %5.1f%% of peak\n",
                        n_win, sw.median, sw.median / n_win, w_per, 100 * fr_w);
@@ -348,10 +349,11 @@ static int bench_text(context *cx, const opts *o, const limits_ctx *L, json_t *j
         stat3 s = stats(ms, o->reps);
         /* per token per layer: the linear layers, and attention over (n+1)/2 keys on average */
         double flops = L_ * n * (2 * lp + 4.0 * qd * (n + 1) / 2) + 2.0 * t->hidden * t->vocab_size;
-        double tps = n / (s.median * 1e-3), frac = flops / (s.median * 1e-3) / 1e9 / L->peak_f32;
+        double tps = n / (s.median * 1e-3), frac = flops / (s.median * 1e-3) / 1e9 / L->peak;
         fprintf(o->tab, "prefill %5d tokens: %9.1f ms (min %.1f, max %.1f)  %8.1f tokens/s  %6.1f GFLOP/s  "
-                   "%5.1f%% of f32 FMA peak\n",
-                   n, s.median, s.min, s.max, tps, flops / (s.median * 1e-3) / 1e9, 100 * frac);
+                   "%5.1f%% of %s peak\n",
+                   n, s.median, s.min, s.max, tps, flops / (s.median * 1e-3) / 1e9, 100 * frac,
+                   L->peak_name);
         json_array_append_new(jpf, json_pack("{s:i, s:o, s:f, s:f, s:f}", "tokens", n, "ms",
                                              jstat(s), "tokens_per_s", tps, "gflop", flops / 1e9,
                                              "fraction_of_peak", frac));
@@ -517,8 +519,15 @@ int bench_model_main(int argc, char **argv) {
 
     limits_ctx L = {0};
     if (o.probe_seconds > 0) probe_run(&L.lim, threads, o.probe_seconds);
-    L.peak_f32 = kern.isa == ISA_AVX512 ? L.lim.fma_avx512_gflops : L.lim.fma_avx2_gflops;
-    if (L.peak_f32 <= 0) L.peak_f32 = 1e30; /* no probe: fractions print as 0 */
+    /* each phase against the peak of the instruction its products run on */
+    if (kern.compute == COMPUTE_BF16) {
+        L.peak = L.lim.bf16_dot_gflops;
+        L.peak_name = "bf16 dot";
+    } else {
+        L.peak = kern.isa == ISA_AVX512 ? L.lim.fma_avx512_gflops : L.lim.fma_avx2_gflops;
+        L.peak_name = "f32 FMA";
+    }
+    if (L.peak <= 0) L.peak = 1e30; /* no probe: fractions print as 0 */
 
     param_counts pc;
     weights_count(&mp->weights, &mp->config, &pc);
@@ -528,8 +537,8 @@ int bench_model_main(int argc, char **argv) {
         fprintf(o.tab, "model: %s (%d text layers, %d vision blocks, %.2f GB of weights), loaded in %.1f s\n",
                mp->ckpt.dir, mp->config.text.n_layers, mp->config.vision.depth, (double)pc.bytes / 1e9,
                load_ms / 1e3);
-        fprintf(o.tab, "threads %d, isa %s, matmul %s, reps %d\n", threads, cpu_isa_name(kern.isa), matmul,
-               o.reps);
+        fprintf(o.tab, "threads %d, isa %s, compute %s, matmul %s, reps %d\n", threads,
+                cpu_isa_name(kern.isa), compute_mode_name(kern.compute), matmul, o.reps);
         if (qf != QUANT_NONE)
             fprintf(o.tab, "weights %s: %d tensors, %.2f GB -> %.2f GB, %s in %.1f s%s%s\n",
                     quant_format_name(qf), qr.n_tensors, (double)qr.source_bytes / 1e9,
@@ -550,11 +559,12 @@ int bench_model_main(int argc, char **argv) {
     if (!status) {
         if (o.json) {
             json_t *root = json_pack(
-                "{s:s, s:s, s:f, s:i, s:i, s:f, s:i, s:s, s:s, s:i, s:f, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:o, s:o, s:o, s:f}",
+                "{s:s, s:s, s:f, s:i, s:i, s:f, s:i, s:s, s:s, s:s, s:s, s:i, s:f, s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:o, s:o, s:o, s:f}",
                 "model", mp->ckpt.dir, "weights", qf == QUANT_NONE ? "as-stored" : quant_format_name(qf),
                 "quantize_ms", qr.ms, "text_layers", mp->config.text.n_layers, "vision_blocks",
                 mp->config.vision.depth, "weight_bytes", (double)pc.bytes, "threads", threads, "isa",
-                cpu_isa_name(kern.isa), "matmul", matmul, "reps", o.reps, "load_ms", load_ms,
+                cpu_isa_name(kern.isa), "compute", compute_mode_name(kern.compute), "peak",
+                L.peak_name, "matmul", matmul, "reps", o.reps, "load_ms", load_ms,
                 "limits", "bandwidth_gbs", L.lim.bandwidth_gbs, "fma_avx512_gflops",
                 L.lim.fma_avx512_gflops, "fma_avx2_gflops", L.lim.fma_avx2_gflops,
                 "bf16_dot_gflops", L.lim.bf16_dot_gflops, "int8_dot_gops", L.lim.int8_dot_gops,

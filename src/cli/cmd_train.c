@@ -186,6 +186,10 @@ static int train_sft(int argc, char **argv) {
 }
 
 int cmd_train(int argc, char **argv) {
+    /* The backward products are f32: the forward they differentiate is f32 too unless
+     * --compute bf16 asks otherwise (then the gradients are those of an f32 forward
+     * evaluated at a bf16 one's activations). */
+    if (!getenv("ERGO_COMPUTE")) setenv("ERGO_COMPUTE", "f32", 1);
     if (argc >= 2 && !strcmp(argv[1], "sft")) return train_sft(argc - 1, argv + 1);
     if (argc >= 2 && !strcmp(argv[1], "grpo")) return cmd_train_grpo(argc - 1, argv + 1);
     FILE *f = argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) ? stdout : stderr;

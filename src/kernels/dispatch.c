@@ -9,8 +9,9 @@
 #include "quant.h"
 #include "attention.h"
 
-kernel_table kern = {ISA_REF, dot_f32_ref, bf16_to_f32_ref, f16_to_f32_ref, dot_wt_ref,
-                     matmul_block_ref};
+kernel_table kern = {ISA_REF,          COMPUTE_F32,     dot_f32_ref, bf16_to_f32_ref,
+                     f16_to_f32_ref,   dot_wt_ref,      matmul_block_ref,
+                     matmul_bf16_block_ref};
 
 static int leaf7(int reg, unsigned bit, unsigned subleaf) {
     unsigned r[4];
@@ -67,6 +68,8 @@ const char *cpu_isa_name(cpu_isa isa) {
 
 void kernels_table_for(kernel_table *t, cpu_isa isa) {
     t->isa = isa;
+    t->compute = COMPUTE_F32;
+    t->matmul_bf16_block = NULL;
     switch (isa) {
     case ISA_AVX512:
         t->dot_f32 = dot_f32_avx512;
@@ -74,6 +77,8 @@ void kernels_table_for(kernel_table *t, cpu_isa isa) {
         t->f16_to_f32 = f16_to_f32_avx512;
         t->dot_wt = dot_wt_avx512;
         t->matmul_block = matmul_block_avx512;
+        t->matmul_bf16_block =
+            cpu_features_get()->avx512bf16 ? matmul_bf16_block_avx512bf16 : NULL;
         break;
     case ISA_AVX2:
         t->dot_f32 = dot_f32_avx2;
@@ -81,6 +86,7 @@ void kernels_table_for(kernel_table *t, cpu_isa isa) {
         t->f16_to_f32 = f16_to_f32_avx2;
         t->dot_wt = dot_wt_avx2;
         t->matmul_block = matmul_block_avx2;
+        t->matmul_bf16_block = NULL; /* no bf16 dot product: --compute bf16 is refused */
         break;
     case ISA_REF:
         t->dot_f32 = dot_f32_ref;
@@ -88,6 +94,7 @@ void kernels_table_for(kernel_table *t, cpu_isa isa) {
         t->f16_to_f32 = f16_to_f32_ref;
         t->dot_wt = dot_wt_ref;
         t->matmul_block = matmul_block_ref;
+        t->matmul_bf16_block = matmul_bf16_block_ref; /* slow, but the definition */
         break;
     }
 }
@@ -115,5 +122,32 @@ ergo_status kernels_init(const char *requested, ergo_error *err) {
      * engine's first path; benchmarks compare against it). Same results either way. */
     const char *mm = getenv("ERGO_MATMUL");
     if (mm && !strcmp(mm, "dot")) kern.matmul_block = NULL;
+    return kernels_set_compute(NULL, err);
+}
+
+const char *compute_mode_name(compute_mode c) { return c == COMPUTE_BF16 ? "bf16" : "f32"; }
+
+compute_mode compute_default(void) {
+    kernel_table t;
+    kernels_table_for(&t, cpu_best_isa());
+    return t.matmul_bf16_block && t.isa != ISA_REF ? COMPUTE_BF16 : COMPUTE_F32;
+}
+
+ergo_status kernels_set_compute(const char *requested, ergo_error *err) {
+    if (!requested || !*requested) requested = getenv("ERGO_COMPUTE");
+    compute_mode c;
+    if (!requested || !*requested || !strcmp(requested, "auto"))
+        c = kern.isa != ISA_REF && kern.matmul_bf16_block ? compute_default() : COMPUTE_F32;
+    else if (!strcmp(requested, "f32")) c = COMPUTE_F32;
+    else if (!strcmp(requested, "bf16")) c = COMPUTE_BF16;
+    else
+        return ergo_fail(err, ERGO_E_ARG, "--compute %s: unknown (use f32, bf16 or auto)",
+                         requested);
+    if (c == COMPUTE_BF16 && !kern.matmul_bf16_block)
+        return ergo_fail(err, ERGO_E_UNSUPPORTED,
+                         "--compute bf16: this CPU (ISA %s) has no bf16 dot-product instructions "
+                         "(AVX-512 BF16); use --compute f32",
+                         cpu_isa_name(kern.isa));
+    kern.compute = c;
     return ERGO_OK;
 }

@@ -59,8 +59,21 @@ typedef struct kweight {
 /* Element i of a vector weight (a bias, a norm's weight) as f32. */
 static inline float kweight_at(const kweight *w, size_t i) { return kdtype_at(w->data, w->dt, i); }
 
+/* How the many-row products compute (--compute, ERGO_COMPUTE): f32 matches the
+ * reference's f32 numbers; bf16 rounds the activations to bf16 at the product's input
+ * and accumulates in f32 (gemm_bf16.c), on the CPU's bf16 dot-product instructions. */
+typedef enum compute_mode { COMPUTE_F32 = 0, COMPUTE_BF16 = 1 } compute_mode;
+
+/* rows [i0,i1) x columns [j0,j1) of y (row stride ldy) = xb @ W^T (+ bias): xb holds
+ * bf16 rows of bf16_padded_k(k) elements, zero-padded to bf16_padded_rows rows; W is
+ * m bf16 rows of stride ldw; bias (m) or NULL. One thread. */
+typedef void (*matmul_bf16_block_fn)(float *y, int ldy, const uint16_t *xb, const uint16_t *w,
+                                     int ldw, int m, const void *bias, kdtype bt, int k, int i0,
+                                     int i1, int j0, int j1);
+
 typedef struct kernel_table {
     cpu_isa isa;
+    compute_mode compute;      /* what matmul_wt / matmul_q_panels use for many rows */
     /* sum_i a[i]*b[i] over n floats */
     float (*dot_f32)(const float *a, const float *b, size_t n);
     /* out[i] = f32(in[i]) for n bf16 values (raw uint16 bits) */
@@ -73,6 +86,8 @@ typedef struct kernel_table {
      * each element bit-identical to dot_wt of the same table (gemm.c) */
     void (*matmul_block)(float *y, const float *x, const void *w, kdtype wt, const void *bias,
                          kdtype bt, int k, int m, int i0, int i1, int j0, int j1);
+    /* the bf16 tile kernel, or NULL when this ISA has no bf16 dot product */
+    matmul_bf16_block_fn matmul_bf16_block;
 } kernel_table;
 
 extern kernel_table kern;
@@ -143,8 +158,46 @@ const char *cpu_isa_name(cpu_isa isa);
  * `requested` is NULL. Fails on an unknown name or an ISA this CPU lacks. */
 ergo_status kernels_init(const char *requested, ergo_error *err);
 
-/* Fills a table for one ISA (tests compare every ISA with ISA_REF). */
+/* Fills a table for one ISA (tests compare every ISA with ISA_REF), compute f32. */
 void kernels_table_for(kernel_table *t, cpu_isa isa);
+
+/* Sets kern.compute: "f32", "bf16", or "auto" / NULL / "" ($ERGO_COMPUTE, else the
+ * default: bf16 where the CPU has bf16 dot products, else f32). bf16 on a table
+ * without a bf16 kernel is refused. kernels_init calls it with NULL. */
+ergo_status kernels_set_compute(const char *requested, ergo_error *err);
+const char *compute_mode_name(compute_mode c);
+/* The default of "auto" on this CPU. */
+compute_mode compute_default(void);
+
+/* ---- bf16 products (gemm_bf16.c) ----
+ * matmul_bf16: y (n, m) = bf16(x) (n, k) @ W^T (+ bias) with W (m, k) bf16, f32 sums,
+ *   cache-blocked and threaded with t->matmul_bf16_block (non-NULL). -1 when out of
+ *   memory. matmul_bf16_ref: the definition (sums in k order).
+ * x_to_bf16: xb = x rounded to bf16 (ties to even, as f32_to_bf16_one), rows padded
+ *   to bf16_padded_k(k) and zero rows up to bf16_padded_rows(n); xb from
+ *   bf16_rows_alloc (free()). matmul_bf16_xb runs the product on such rows. */
+int bf16_padded_k(int k);
+int bf16_padded_rows(int n);
+/* Rows of x per cache block of the bf16 product (a multiple of 4). */
+int bf16_row_block(int k);
+uint16_t *bf16_rows_alloc(int n, int k);
+void x_to_bf16(const kernel_table *t, uint16_t *xb, const float *x, int n, int k);
+void x_to_bf16_ref(uint16_t *xb, const float *x, int n, int k);
+void x_to_bf16_avx512(uint16_t *xb, const float *x, int n, int k);
+/* x_to_bf16 on the calling thread alone (inside another parallel loop). */
+void bf16_round_rows(const kernel_table *t, uint16_t *xb, const float *x, int n, int k);
+int matmul_bf16(const kernel_table *t, float *y, const float *x, const uint16_t *w,
+                const void *bias, kdtype bt, int n, int k, int m);
+void matmul_bf16_xb(const kernel_table *t, float *y, const uint16_t *xb, const uint16_t *w,
+                    const void *bias, kdtype bt, int n, int k, int m);
+void matmul_bf16_ref(float *y, const float *x, const uint16_t *w, const void *bias, kdtype bt,
+                     int n, int k, int m);
+void matmul_bf16_block_ref(float *y, int ldy, const uint16_t *xb, const uint16_t *w, int ldw,
+                           int m, const void *bias, kdtype bt, int k, int i0, int i1, int j0,
+                           int j1);
+void matmul_bf16_block_avx512bf16(float *y, int ldy, const uint16_t *xb, const uint16_t *w,
+                                  int ldw, int m, const void *bias, kdtype bt, int k, int i0,
+                                  int i1, int j0, int j1);
 
 /* ---- per-ISA implementations (exported for tests) ---- */
 float dot_f32_ref(const float *a, const float *b, size_t n);

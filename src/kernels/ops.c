@@ -98,6 +98,9 @@ static size_t kdtype_size(kdtype t) { return t == KDT_F32 ? 4 : 2; }
 
 void matmul_wt(float *y, const float *x, const void *w, kdtype wt, const void *bias, kdtype bt,
                int n, int k, int m) {
+    if (n >= MATMUL_BLOCKED_MIN_N && kern.compute == COMPUTE_BF16 && wt == KDT_BF16 &&
+        matmul_bf16(&kern, y, x, w, bias, bt, n, k, m) == 0)
+        return; /* (out of memory for x's bf16 rows: the f32 path below needs none) */
     if (n >= MATMUL_BLOCKED_MIN_N && kern.matmul_block) {
         matmul_wt_blocked(&kern, y, x, w, wt, bias, bt, n, k, m);
         return;

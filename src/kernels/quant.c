@@ -284,6 +284,8 @@ static _Thread_local int8_t act_q[ACT_POOL];
 static _Thread_local float act_scale[ACT_POOL / QUANT_BLOCK];
 static _Thread_local int32_t act_sum[ACT_POOL / QUANT_BLOCK];
 static _Thread_local float panel[PANEL_FLOATS];
+/* the panel rounded to bf16 for --compute bf16: rows padded to 32 elements */
+static _Thread_local uint16_t panel_bf16[PANEL_FLOATS + 48 * 32];
 
 /* Activation rows per pass over the weights (the multi-row kernel takes 8 per pass
  * over a range, so more than 8 go through the range in tiles that stay in L2). */
@@ -335,9 +337,42 @@ void matmul_q_int8(float *y, const float *x, const qmatrix *qm, const void *bias
     }
 }
 
+/* matmul_q_panels under --compute bf16: x rounded to bf16 once, each dequantised panel
+ * rounded to bf16 and multiplied by the bf16 tile kernel (gemm_bf16.c). Returns -1
+ * (nothing written) when x's bf16 rows cannot be allocated. */
+static int panels_bf16(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
+                       int n) {
+    const int k = qm->cols, m = qm->rows, kp = bf16_padded_k(k), mb = bf16_row_block(k);
+    uint16_t *xb = bf16_rows_alloc(n, k);
+    if (!xb) return -1;
+    x_to_bf16(&kern, xb, x, n, k);
+    int nb = PANEL_FLOATS / k;
+    nb = nb > 48 ? 48 : nb;
+    nb -= nb % 4; /* whole 4 x 4 tiles */
+    const int n_cb = (m + nb - 1) / nb;
+    const size_t bsz = bt == KDT_F32 ? 4 : 2;
+    matmul_bf16_block_fn blk = kern.matmul_bf16_block;
+    void (*deq)(float *, const qmatrix *, int, int) = qkern.dequant;
+#pragma omp parallel for schedule(dynamic, 1) if ((size_t)m * k * (size_t)n > 32768)
+    for (int cb = 0; cb < n_cb; cb++) {
+        int j0 = cb * nb, j1 = j0 + nb < m ? j0 + nb : m;
+        deq(panel, qm, j0, j1);
+        bf16_round_rows(&kern, panel_bf16, panel, j1 - j0, k);
+        const void *bj = bias ? (const char *)bias + (size_t)j0 * bsz : NULL;
+        for (int i0 = 0; i0 < n; i0 += mb) /* a block of x's rows in L2 per pass */
+            blk(y + j0, m, xb, panel_bf16, kp, j1 - j0, bj, bt, k, i0, i0 + mb < n ? i0 + mb : n,
+                0, j1 - j0);
+    }
+    free(xb);
+    return 0;
+}
+
 void matmul_q_panels(float *y, const float *x, const qmatrix *qm, const void *bias, kdtype bt,
                      int n) {
     if (n <= 0) return;
+    if (kern.compute == COMPUTE_BF16 && kern.matmul_bf16_block &&
+        panels_bf16(y, x, qm, bias, bt, n) == 0)
+        return;
     const int k = qm->cols, m = qm->rows;
     int nb = PANEL_FLOATS / k;
     nb = nb > 48 ? 48 : nb;
