@@ -106,7 +106,60 @@ static void check_all_positions(const model *m, text_state *st, const prompt_dat
     free(all);
 }
 
+/* --compute bf16 on a parity prompt: its last-position logits against the reference's
+ * (error stated, bounded relative to the largest logit), and the greedy token the same
+ * as the reference's wherever the top-1/top-2 margin exceeds twice the measured
+ * error. Returns 1 when the bf16 path ran, 0 when this CPU has none. */
+static int check_bf16_compute(const model *m, text_state *st, const prompt_data *p,
+                              const json_t *rec, const char *label, int *decided) {
+    ergo_error err = {0};
+    if (kernels_set_compute("bf16", &err) != ERGO_OK) return 0;
+    const int V = m->config.text.vocab_size;
+    float *row = malloc(sizeof *row * V);
+    ergo_status s = prefill(m, st, p, 1, row, &err);
+    kernels_set_compute("f32", &err);
+    CHECK(s == ERGO_OK, "%s bf16: %s", label, err.msg);
+    const int stride = (int)json_integer_value(json_object_get(rec, "stride"));
+    size_t nw = 0;
+    float *want = lmf_read_f32(json_string_value(json_object_get(rec, "file")), &nw);
+    double worst = 0, biggest = 0;
+    for (size_t j = 0; want && j < nw && j * stride < (size_t)V; j++) {
+        worst = fmax(worst, fabs((double)row[j * stride] - (double)want[j]));
+        biggest = fmax(biggest, fabs((double)want[j]));
+    }
+    const json_t *top = json_object_get(rec, "top");
+    for (size_t k = 0; k < json_array_size(top); k++) {
+        const json_t *t = json_array_get(top, k);
+        double v = json_number_value(json_array_get(t, 1));
+        worst = fmax(worst, fabs((double)row[json_integer_value(json_array_get(t, 0))] - v));
+        biggest = fmax(biggest, fabs(v));
+    }
+    int best = 0;
+    for (int j = 1; j < V; j++)
+        if (row[j] > row[best]) best = j;
+    const int ref_top = (int)json_integer_value(json_array_get(json_array_get(top, 0), 0));
+    const double margin = json_number_value(json_array_get(json_array_get(top, 0), 1)) -
+                          json_number_value(json_array_get(json_array_get(top, 1), 1));
+    const int decides = margin > 2 * worst;
+    printf("  [text] %-34s --compute bf16: max |err| %.3g (%.2g of the largest logit), margin "
+           "%.3g: %s\n",
+           label, worst, biggest > 0 ? worst / biggest : 0, margin,
+           decides ? (best == ref_top ? "same greedy token" : "GREEDY TOKEN DIFFERS")
+                   : "margin below twice the error, token not compared");
+    CHECK(want && worst <= 1e-2 * biggest, "%s --compute bf16: logits off by %.3g (largest %.3g)",
+          label, worst, biggest);
+    if (decides) {
+        CHECK(best == ref_top, "%s --compute bf16: greedy token %d, the reference's %d (margin "
+              "%.3g > 2 x error %.3g)", label, best, ref_top, margin, worst);
+        (*decided)++;
+    }
+    free(want);
+    free(row);
+    return 1;
+}
+
 static void test_cases(const json_t *man) {
+    int bf16_ran = 0, bf16_decided = 0;
     const double tol = lmf_num(man, "logit_tol");
     const json_t *cases = json_object_get(man, "cases");
     for (size_t c = 0; c < json_array_size(cases); c++) {
@@ -141,6 +194,8 @@ static void test_cases(const json_t *man) {
             CHECK(d <= 1e-5f, "%s: prefill in chunks of 5 differs by %g", label, (double)d);
             const json_t *all = json_object_get(pr, "all_positions");
             if (all) check_all_positions(&m, &st, &p, all, tol, label);
+            bf16_ran += check_bf16_compute(&m, &st, &p, json_object_get(pr, "logits"), label,
+                                           &bf16_decided);
             prompt_free(&p);
         }
         free(logits);
@@ -149,6 +204,8 @@ static void test_cases(const json_t *man) {
         text_state_free(&small);
         model_free(&m);
     }
+    if (!bf16_ran) SKIP("--compute bf16 on the parity prompts: this CPU has no bf16 kernel");
+    else CHECK(bf16_decided > 0, "--compute bf16: no parity prompt had a margin to compare");
 }
 
 static void test_refusals(const json_t *man) {

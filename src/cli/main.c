@@ -100,6 +100,7 @@ static int take_compute_flag(int *argc, char **argv) {
 static void version(void) {
     const cpu_features *f = cpu_features_get();
     printf("ergo %s (commit %s)\n", ERGO_VERSION, ERGO_GIT_COMMIT);
+    printf("compute: %s by default (--compute f32|bf16|auto)\n", compute_mode_name(compute_default()));
     printf("isa: %s (best this CPU supports; ERGO_ISA overrides)%s%s%s%s\n",
            cpu_isa_name(cpu_best_isa()), f->avx2 ? " avx2" : "", f->fma ? " fma" : "",
            f->avx512f ? " avx512f" : "", f->avx512bf16 ? " avx512bf16" : "");
