@@ -485,8 +485,86 @@ static void test_exp(void) {
     free(x), free(y);
 }
 
+/* --compute bf16's block (q, k, v, p rounded to bf16 for the products): against the
+ * double-precision softmax in every key mode, within a stated bound, and each row
+ * independent of its grouping, bit for bit, as for the f32 kernels. */
+static void test_bf16_block(void) {
+    attention_kernels t;
+    attention_kernels_for_compute(&t, cpu_best_isa(), COMPUTE_BF16);
+    if (t.block != attn_block_avx512bf16) {
+        SKIP("no AVX-512 BF16: the bf16 attention block was not run");
+        return;
+    }
+    double worst[2] = {0, 0};
+    for (size_t a = 0; a < sizeof nqs / sizeof *nqs; a++)
+        for (size_t b = 0; b < sizeof nks / sizeof *nks; b++)
+            for (size_t c = 0; c < sizeof dhs / sizeof *dhs; c++)
+                for (int causal = 0; causal < 2; causal++) {
+                    const int nq = nqs[a], nk = nks[b], dh = dhs[c];
+                    const float qs = (a + b) % 3 == 0 ? 8.0f : 1.0f;
+                    problem p;
+                    make_problem(&p, nq, nk, dh, causal, qs);
+                    double *want = malloc(sizeof(double) * (size_t)nq * dh);
+                    float *qd = malloc(sizeof(float) * (size_t)nq * dh);
+                    for (int i = 0; i < nq; i++)
+                        memcpy(qd + (size_t)i * dh, p.q + (size_t)i * p.ldq, sizeof(float) * dh);
+                    naive(want, qd, p.k, p.v, p.ldkv, causal ? p.lim : NULL, nq, nk, dh,
+                          1.0f / sqrtf((float)dh));
+                    const size_t ldo = (size_t)dh + GUARD;
+                    float *got = malloc(sizeof(float) * (size_t)nq * ldo);
+                    /* values in [-1, 1] rounded to bf16 (2^-9) and scores of |q.k| up to
+                     * ~dh * qs / sqrt(dh) carrying 2^-8 of it through the softmax */
+                    const double tol = qs > 1 ? 0.03 : 0.01;
+                    for (int mode = 0; mode < 4; mode++) { /* rows, K^T, paged f32, paged bf16 */
+                        paged pg = {0};
+                        if (mode >= 2) make_paged(&pg, &p, mode == 3, JUNK_NAN);
+                        CHECK(mode < 2 ? run(t.block, &p, mode, got, ldo)
+                                       : run_paged(t.block, &p, &pg, got, ldo),
+                              "bf16 block guards nq=%d nk=%d dh=%d mode=%d", nq, nk, dh, mode);
+                        double e = max_err(got, ldo, want, nq, dh);
+                        if (e > worst[qs > 1]) worst[qs > 1] = e;
+                        CHECK(e <= tol, "bf16 block vs naive nq=%d nk=%d dh=%d causal=%d mode=%d "
+                              "q*%g: max err %.3g", nq, nk, dh, causal, mode, (double)qs, e);
+                        if (mode >= 2) free_paged(&pg);
+                    }
+                    free(got), free(want), free(qd);
+                    free_problem(&p);
+                }
+    printf("  attention: --compute bf16 block max |err| vs double: %.3g (q*1), %.3g (q*8, "
+           "peaked)\n", worst[0], worst[1]);
+    for (int dh = 80; dh <= 128; dh += 48) { /* rows alone and regrouped: the same bits */
+        problem p;
+        make_problem(&p, 70, 300, dh, 1, 2.0f);
+        const size_t ldo = (size_t)dh + GUARD;
+        float *all = malloc(sizeof(float) * 70 * ldo), *one = malloc(sizeof(float) * 70 * ldo);
+        run(t.block, &p, 0, all, ldo);
+        int bad = -1;
+        for (int i = 0; i < p.nq && bad < 0; i++) {
+            problem r = p;
+            r.q = p.q + (size_t)i * p.ldq;
+            r.nq = 1;
+            r.lim = p.lim + i;
+            r.nk = p.lim[i];
+            run(t.block, &r, 0, one, ldo);
+            if (memcmp(one, all + (size_t)i * ldo, sizeof(float) * dh)) bad = i;
+        }
+        for (int i0 = 1; i0 < p.nq && bad < 0; i0 += 3) {
+            problem r = p;
+            r.q = p.q + (size_t)i0 * p.ldq;
+            r.nq = p.nq - i0 < 3 ? p.nq - i0 : 3;
+            r.lim = p.lim + i0;
+            run(t.block, &r, 0, one, ldo);
+            if (memcmp(one, all + (size_t)i0 * ldo, sizeof(float) * ((size_t)r.nq * ldo))) bad = i0;
+        }
+        CHECK(bad < 0, "bf16 block dh=%d: rows from %d alone or regrouped differ", dh, bad);
+        free(all), free(one);
+        free_problem(&p);
+    }
+}
+
 void test_attention(void) {
     test_exp();
+    test_bf16_block();
     test_against_naive();
     test_row_independence();
     test_paged_exact();

@@ -15,8 +15,10 @@ attention_kernels akern = {attn_block_ref, exp_f32_ref};
 
 size_t attn_scratch_floats(int nq, int dh) {
     const size_t nqp = (size_t)(nq + ATTN_ROWS - 1) / ATTN_ROWS * ATTN_ROWS;
+    /* + the bf16 kernel's paired K and V tiles, q rows and p rows (bf16, in floats) */
     return 2 * (size_t)dh * ATTN_KTILE + (size_t)ATTN_ROWS * ATTN_KTILE + nqp * (size_t)dh +
-           2 * nqp;
+           2 * nqp + (size_t)dh * ATTN_KTILE + (nqp * (size_t)dh + 1) / 2 +
+           (size_t)ATTN_ROWS * ATTN_KTILE / 2;
 }
 
 /* ---- reference: one row at a time, the same tile grid, expf ---- */
@@ -253,6 +255,210 @@ T512 static inline void widen_bf16_512(float *dst, const uint16_t *src, size_t n
 #undef VMASK_LT
 #undef VWIDEN_BF16
 
+/* ---- AVX-512 BF16 (--compute bf16): Q K^T and P V on vdpbf16ps ----
+ *
+ * The same tile grid, masks and f32 online softmax as attn_block_avx512 (the f32 tile
+ * is prepared by tile_avx512), but q, k, v and the probabilities p are rounded to bf16
+ * (ties to even) for the two products, which sum in f32. vdpbf16ps multiplies pairs
+ * of adjacent bf16 values, so the tiles are paired along the summed index: K as
+ * (dh/2, KTILE) pairs (k[j][2p], k[j][2p+1]), V as (KTILE/2, dh) pairs (v[2q][d],
+ * v[2q+1][d]); a q row or a p row is a plain bf16 row, read a pair (32 bits) at a
+ * time. The running sum of the softmax uses the f32 p, as flash attention does on
+ * GPUs. Each row still depends only on itself, its limit and the tile grid. */
+
+#define TBF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+/* 16 floats -> their bf16 bits in the low half of each 32-bit lane (f32_to_bf16_one) */
+TBF static inline __m512i bf16_lanes(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                  _mm512_set1_epi32(0x7f800000));
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
+}
+
+/* pairs (a[i], b[i]) of 16 floats each, a in the low half */
+TBF static inline __m512i bf16_pairs(__m512 a, __m512 b) {
+    return _mm512_or_si512(bf16_lanes(a), _mm512_slli_epi32(bf16_lanes(b), 16));
+}
+
+/* n floats (a multiple of 16) -> n bf16 */
+TBF static inline void bf16_row(uint16_t *dst, const float *src, int n) {
+    for (int i = 0; i < n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(bf16_lanes(_mm512_loadu_ps(src + i))));
+}
+
+/* acc rows (4, dh), dims [c0, c0 + 16 NC) = acc * corr + P V over nq2 key pairs */
+TBF static inline __attribute__((always_inline)) void
+pv_bf16(float *acc, const uint16_t *pb, const float *corr, const uint32_t *vp, int nq2, int dh,
+        int c0, const int NC) {
+    __m512 a[ATTN_ROWS][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < ATTN_ROWS; r++) {
+        const __m512 cr = _mm512_set1_ps(corr[r]);
+#pragma GCC unroll 4
+        for (int c = 0; c < NC; c++)
+            a[r][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)r * dh + c0 + 16 * c), cr);
+    }
+    for (int q2 = 0; q2 < nq2; q2++) {
+        __m512i x[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < NC; c++) x[c] = _mm512_loadu_si512(vp + (size_t)q2 * dh + c0 + 16 * c);
+#pragma GCC unroll 4
+        for (int r = 0; r < ATTN_ROWS; r++) {
+            uint32_t pair;
+            memcpy(&pair, pb + (size_t)r * ATTN_KTILE + 2 * q2, 4);
+            const __m512i b = _mm512_set1_epi32((int)pair);
+#pragma GCC unroll 4
+            for (int c = 0; c < NC; c++)
+                a[r][c] = _mm512_dpbf16_ps(a[r][c], (__m512bh)b, (__m512bh)x[c]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < ATTN_ROWS; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < NC; c++) _mm512_storeu_ps(acc + (size_t)r * dh + c0 + 16 * c, a[r][c]);
+}
+
+TBF static __attribute__((noinline)) void pv_bf16_4(float *acc, const uint16_t *pb,
+                                                    const float *corr, const uint32_t *vp,
+                                                    int nq2, int dh, int c0) {
+    pv_bf16(acc, pb, corr, vp, nq2, dh, c0, 4);
+}
+
+TBF static __attribute__((noinline)) void pv_bf16_1(float *acc, const uint16_t *pb,
+                                                    const float *corr, const uint32_t *vp,
+                                                    int nq2, int dh, int c0) {
+    pv_bf16(acc, pb, corr, vp, nq2, dh, c0, 1);
+}
+
+/* scores pt (4, KTILE) = (q . k) * scale of 4 bf16 q rows against the paired K tile,
+ * keys j >= nvalid[r] of row r at -inf */
+TBF static inline void scores_bf16(float *pt, const uint16_t *const *qb, const uint32_t *kp,
+                                   int dh, float scale, const int *nvalid) {
+    __m512 a[ATTN_ROWS][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < ATTN_ROWS; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) a[r][c] = _mm512_setzero_ps();
+    for (int p2 = 0; p2 < dh / 2; p2++) {
+        __m512i kv[4];
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) kv[c] = _mm512_loadu_si512(kp + (size_t)p2 * ATTN_KTILE + 16 * c);
+#pragma GCC unroll 4
+        for (int r = 0; r < ATTN_ROWS; r++) {
+            uint32_t pair;
+            memcpy(&pair, qb[r] + 2 * p2, 4);
+            const __m512i b = _mm512_set1_epi32((int)pair);
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) a[r][c] = _mm512_dpbf16_ps(a[r][c], (__m512bh)b, (__m512bh)kv[c]);
+        }
+    }
+    const __m512 sc = _mm512_set1_ps(scale);
+#pragma GCC unroll 4
+    for (int r = 0; r < ATTN_ROWS; r++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++)
+            _mm512_storeu_ps(pt + (size_t)r * ATTN_KTILE + 16 * c,
+                             mask_lt512(_mm512_mul_ps(a[r][c], sc), nvalid[r] - 16 * c));
+}
+
+TBF void attn_block_avx512bf16(float *o, size_t ldo, const float *q, size_t ldq, int nq,
+                               const int32_t *limit, const attn_keys *kv, int dh, float scale,
+                               float *scratch) {
+    if (dh % 16 != 0 || nq < 1) { /* the f32 kernel takes (or refers on) any other shape */
+        attn_block_avx512(o, ldo, q, ldq, nq, limit, kv, dh, scale, scratch);
+        return;
+    }
+    const int nk = kv->nk;
+    const int nqp = (nq + ATTN_ROWS - 1) / ATTN_ROWS * ATTN_ROWS;
+    float *kts = scratch;                              /* (dh, KTILE) f32 tile */
+    float *vts = kts + (size_t)dh * ATTN_KTILE;        /* (KTILE, dh) f32 value tile */
+    float *pt = vts + (size_t)dh * ATTN_KTILE;         /* (ROWS, KTILE) scores, then p */
+    float *acc = pt + (size_t)ATTN_ROWS * ATTN_KTILE;  /* (nqp, dh) unnormalised output */
+    float *mx = acc + (size_t)nqp * dh;                /* (nqp) running max */
+    float *sm = mx + nqp;                              /* (nqp) running sum */
+    uint32_t *kp = (uint32_t *)(sm + nqp);             /* (dh/2, KTILE) K pairs */
+    uint32_t *vp = kp + (size_t)dh / 2 * ATTN_KTILE;   /* (KTILE/2, dh) V pairs */
+    uint16_t *qb = (uint16_t *)(vp + (size_t)ATTN_KTILE / 2 * dh); /* (nqp, dh) */
+    uint16_t *pb = qb + (size_t)nqp * dh;              /* (ROWS, KTILE) p in bf16 */
+    int lim_max = 0;
+    for (int r = 0; r < nqp; r++) {
+        mx[r] = -INFINITY;
+        sm[r] = 0.0f;
+        const int i = r < nq ? r : nq - 1; /* spare rows repeat the last */
+        const int lr = limit ? limit[i] : nk;
+        if (lr > lim_max) lim_max = lr;
+        bf16_row(qb + (size_t)r * dh, q + (size_t)i * ldq, dh);
+    }
+    memset(acc, 0, sizeof(float) * (size_t)nqp * dh);
+    if (lim_max > nk) lim_max = nk;
+    for (int t0 = 0; t0 < lim_max; t0 += ATTN_KTILE) {
+        const int jn = nk - t0 < ATTN_KTILE ? nk - t0 : ATTN_KTILE;
+        const float *kt, *vt;
+        size_t ldt, ldv;
+        tile_avx512(&kt, &ldt, &vt, &ldv, kv, t0, jn, dh, kts, vts);
+        for (int p2 = 0; p2 < dh / 2; p2++) /* keys past jn: whatever bits, masked below */
+            for (int j = 0; j < ATTN_KTILE; j += 16)
+                _mm512_storeu_si512(kp + (size_t)p2 * ATTN_KTILE + j,
+                                    bf16_pairs(_mm512_loadu_ps(kt + (size_t)(2 * p2) * ldt + j),
+                                               _mm512_loadu_ps(kt + (size_t)(2 * p2 + 1) * ldt + j)));
+        const int nq2 = (jn + 1) / 2; /* values past jn are never read: zero partners */
+        for (int q2 = 0; q2 < nq2; q2++) {
+            const float *v0 = vt + (size_t)(2 * q2) * ldv, *v1 = v0 + ldv;
+            const int has1 = 2 * q2 + 1 < jn;
+            for (int d = 0; d < dh; d += 16)
+                _mm512_storeu_si512(vp + (size_t)q2 * dh + d,
+                                    bf16_pairs(_mm512_loadu_ps(v0 + d),
+                                               has1 ? _mm512_loadu_ps(v1 + d) : _mm512_setzero_ps()));
+        }
+        for (int r0 = 0; r0 < nq; r0 += ATTN_ROWS) {
+            const uint16_t *qr[ATTN_ROWS];
+            int nvalid[ATTN_ROWS], any = 0;
+            for (int r = 0; r < ATTN_ROWS; r++) {
+                const int i = r0 + r < nq ? r0 + r : nq - 1;
+                int lr = limit ? limit[i] : nk;
+                if (lr > nk) lr = nk;
+                qr[r] = qb + (size_t)(r0 + r) * dh;
+                nvalid[r] = lr - t0;
+                any |= nvalid[r] > 0;
+            }
+            if (!any) continue;
+            scores_bf16(pt, qr, kp, dh, scale, nvalid);
+            float corr[ATTN_ROWS];
+            for (int r = 0; r < ATTN_ROWS; r++) {
+                float *pr = pt + (size_t)r * ATTN_KTILE;
+                __m512 m = _mm512_loadu_ps(pr);
+                for (int c = 1; c < ATTN_KTILE / 16; c++) m = _mm512_max_ps(m, _mm512_loadu_ps(pr + c * 16));
+                const float mt = _mm512_reduce_max_ps(m);
+                const float mold = mx[r0 + r];
+                const float mnew = mt > mold ? mt : mold;
+                const __m512 mv = _mm512_set1_ps(mnew);
+                __m512 sv = _mm512_setzero_ps();
+                for (int c = 0; c < ATTN_KTILE / 16; c++) {
+                    const __m512 pv = exp512(_mm512_sub_ps(_mm512_loadu_ps(pr + c * 16), mv));
+                    _mm512_storeu_ps(pr + c * 16, pv);
+                    sv = _mm512_add_ps(sv, pv);
+                }
+                corr[r] = expf(mold - mnew);
+                sm[r0 + r] = sm[r0 + r] * corr[r] + _mm512_reduce_add_ps(sv);
+                mx[r0 + r] = mnew;
+                bf16_row(pb + (size_t)r * ATTN_KTILE, pr, ATTN_KTILE);
+            }
+            float *ar = acc + (size_t)r0 * dh;
+            int c0 = 0;
+            for (; c0 + 64 <= dh; c0 += 64) pv_bf16_4(ar, pb, corr, vp, nq2, dh, c0);
+            for (; c0 < dh; c0 += 16) pv_bf16_1(ar, pb, corr, vp, nq2, dh, c0);
+        }
+    }
+    for (int r = 0; r < nq; r++) {
+        const __m512 iv = _mm512_set1_ps(1.0f / sm[r]);
+        for (int c = 0; c < dh; c += 16)
+            _mm512_storeu_ps(o + (size_t)r * ldo + c, _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)r * dh + c), iv));
+    }
+}
+
 /* ---- AVX2: 8 floats, scores 4 rows x 16 keys, P V 4 rows x 16 dims (8 accumulators
  * of 16 registers) ---- */
 
@@ -322,4 +528,10 @@ void attention_kernels_for(attention_kernels *t, cpu_isa isa) {
     }
     t->block = attn_block_ref;
     t->exp_f32 = exp_f32_ref;
+}
+
+void attention_kernels_for_compute(attention_kernels *t, cpu_isa isa, compute_mode c) {
+    attention_kernels_for(t, isa);
+    if (c == COMPUTE_BF16 && isa == ISA_AVX512 && cpu_features_get()->avx512bf16)
+        t->block = attn_block_avx512bf16;
 }

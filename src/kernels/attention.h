@@ -94,6 +94,12 @@ void attn_block_avx2(float *o, size_t ldo, const float *q, size_t ldq, int nq,
 void attn_block_avx512(float *o, size_t ldo, const float *q, size_t ldq, int nq,
                        const int32_t *limit, const attn_keys *kv, int dh, float scale,
                        float *scratch);
+/* --compute bf16: q, k, v and the probabilities rounded to bf16 for the two products
+ * (vdpbf16ps), f32 sums and softmax; head dims a multiple of 16 (else the f32 kernel).
+ * Needs AVX-512 BF16 (attention_kernels_for_compute picks it only then). */
+void attn_block_avx512bf16(float *o, size_t ldo, const float *q, size_t ldq, int nq,
+                           const int32_t *limit, const attn_keys *kv, int dh, float scale,
+                           float *scratch);
 
 /* y[i] = exp(x[i]) for n floats: the vectorised exp the SIMD kernels use (exported
  * for tests). Within 2 ulp of expf for x in [-87.3, 88.7]; exp(-inf) = 0; results
@@ -110,6 +116,9 @@ typedef struct attention_kernels {
 
 /* The table for one ISA; kernels_init fills `akern` with the chosen one. */
 void attention_kernels_for(attention_kernels *t, cpu_isa isa);
+/* The same for a compute mode: COMPUTE_BF16 on AVX-512 with BF16 takes the bf16
+ * block (kernels_set_compute calls it). */
+void attention_kernels_for_compute(attention_kernels *t, cpu_isa isa, compute_mode c);
 extern attention_kernels akern;
 
 #endif

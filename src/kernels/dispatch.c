@@ -149,5 +149,6 @@ ergo_status kernels_set_compute(const char *requested, ergo_error *err) {
                          "(AVX-512 BF16); use --compute f32",
                          cpu_isa_name(kern.isa));
     kern.compute = c;
+    attention_kernels_for_compute(&akern, kern.isa, c);
     return ERGO_OK;
 }
