@@ -254,9 +254,10 @@ static int bench_backward(int argc, char **argv) {
     probe_run(&lim, nt, 0.3);
     const double peak = lim.fma_avx512_gflops > 0 ? lim.fma_avx512_gflops : lim.fma_avx2_gflops;
     const double ghz = clock_ghz(), core_peak = 32.0 * ghz; /* 2 FMA ports x 8 lanes x 2 */
-    printf("threads %d, isa %s, rows %d; probed f32 FMA peak %.1f GFLOP/s; clock %.2f GHz "
-           "(CPU time), per-core AVX2 FMA peak %.1f GFLOP/s\n",
-           nt, cpu_isa_name(kern.isa), n, peak, ghz, core_peak);
+    printf("threads %d, isa %s, compute %s, rows %d; probed f32 FMA peak %.1f GFLOP/s, bf16 dot "
+           "%.1f; clock %.2f GHz (CPU time), per-core AVX2 FMA peak %.1f GFLOP/s\n",
+           nt, cpu_isa_name(kern.isa), compute_mode_name(kern.compute), n, peak,
+           lim.bf16_dot_gflops, ghz, core_peak);
     for (int s = 0; s < n_shapes; s++) {
         const int m = shapes[s][0], k = shapes[s][1];
         const size_t nw = (size_t)m * k;
@@ -288,9 +289,12 @@ static int bench_backward(int argc, char **argv) {
                 matmul_wt(y, x, W.data, W.dt, NULL, KDT_F32, n, k, m);
                 ms[r] = now_ms() - t0, cpu[r] = cpu_ms() - c0;
             }
-            snprintf(what, sizeof what, "forward (%s W)", wt ? "bf16" : "f32");
-            print_gflops(what, n, m, k, best_ms(ms, (int)reps), best_ms(cpu, (int)reps), peak,
-                         core_peak);
+            /* --compute bf16 runs a bf16 weight's forward on the bf16 dot products */
+            const int on_bf16 = wt && kern.compute == COMPUTE_BF16 && n >= MATMUL_BLOCKED_MIN_N;
+            snprintf(what, sizeof what, "forward (%s W%s)", wt ? "bf16" : "f32",
+                     on_bf16 ? ", bf16 dot" : "");
+            print_gflops(what, n, m, k, best_ms(ms, (int)reps), best_ms(cpu, (int)reps),
+                         on_bf16 ? lim.bf16_dot_gflops : peak, on_bf16 ? 2 * core_peak : core_peak);
             for (int r = 0; r < reps; r++) {
                 double t0 = now_ms(), c0 = cpu_ms();
                 linear_backward_input(dx, dy, &W, n, 0);

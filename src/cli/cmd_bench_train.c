@@ -231,6 +231,8 @@ int cmd_bench_train(int argc, char **argv) {
     if (qf < 0 && strcmp(weights, "bf16"))
         return cli_usage_error(NAME, "--weights %.40s: bf16, q8 or q4", weights);
     if (threads) omp_set_num_threads((int)threads);
+    /* as `ergo train`: the step's forward in f32 (the backward's arithmetic) unless told */
+    if (!getenv("ERGO_COMPUTE")) setenv("ERGO_COMPUTE", "f32", 1);
     kernels_init(NULL, NULL);
 
     ergo_error err = {0};
