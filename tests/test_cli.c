@@ -13,6 +13,7 @@
 
 #include "base/file.h"
 #include "check.h"
+#include "kernels/kernels.h"
 #include "image/image.h"
 #include "io/random_checkpoint.h"
 #include "pipeline/viz.h"
@@ -186,6 +187,24 @@ static void test_runs(const char *dir) {
               strstr(e, "ergo: decode: 2 tokens"),
           "generate progress: exit %d, stderr \"%s\"", rc, e ? e : "");
     free(out), free(e);
+    /* --compute anywhere on the line: bf16 (where the CPU has it) runs; a bad value or an
+     * unsupported one is a usage error naming it */
+    check_refused(NULL, "run --compute fp8 -m x", 2, "ergo: ", "--compute fp8: unknown",
+                  "--compute fp8");
+    check_refused("ERGO_COMPUTE=fp8", "generate -m x -p Hi", 2, "ergo: ", "--compute fp8",
+                  "ERGO_COMPUTE=fp8");
+    check_refused(NULL, "generate -m x --compute", 2, "ergo: ", "--compute needs a value",
+                  "--compute without a value");
+    if (compute_default() == COMPUTE_BF16) {
+        snprintf(a, sizeof a, "run -m %s -i %s --prompt Where --compute bf16 %s", dir, img, common);
+        rc = run_ergo(NULL, a, NULL, &out, &e);
+        CHECK(rc == 0 && out && strstr(out, "[box "), "run --compute bf16: exit %d, stderr \"%s\"",
+              rc, e ? e : "");
+        free(out), free(e);
+    }
+    if (cpu_best_isa() >= ISA_AVX2) /* the AVX2 table has no bf16 kernel */
+        check_refused("ERGO_ISA=avx2", "generate -m x --compute=bf16", 2, "ergo: ",
+                      "no bf16 dot-product", "--compute bf16 without the instructions");
 }
 
 /* ergo chat: two turns on one session, an image attached between them, a bad one
