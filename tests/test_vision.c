@@ -381,7 +381,7 @@ static void check_run(const json_t *run, const preprocess_config *pcfg, loaded_m
         float *b16 = calloc((size_t)out_rows * (size_t)Do, sizeof *b16);
         s = vision_encode_batch(m, &st, pix, grid_thw, n_images, b16, &err);
         kernels_set_compute("f32", &err);
-        double eb = s == ERGO_OK ? rel_error(b16, ref, (size_t)out_rows * (size_t)Do) : INFINITY;
+        double eb = s == ERGO_OK ? rel_error(b16, ref, (size_t)out_rows * (size_t)Do) : (double)INFINITY;
         printf("  [vision] %-18s --compute bf16: rel err %.3g (max-abs err / max-abs ref; f32 %.3g)\n",
                name, eb, e);
         CHECK(eb <= VISION_BF16_TOL, "%s: --compute bf16 off by %.3g relative (bound %g)", name,
