@@ -102,9 +102,12 @@ die() { printf 'bench-llama-cpp: %s\n' "$*" >&2; exit 1; }
 
 # Runs a command, appending it to commands.txt first, so the report can show exactly
 # what produced each figure.
+# The 1-minute load average at each start goes to load.txt: on a shared machine it
+# tells which figures were taken while something else ran.
 run() {
   mkdir -p "$RESULTS"
   printf '%s\n' "$*" >>"$RESULTS/commands.txt"
+  printf '%s %s %s\n' "$(date -u +%H:%M:%S)" "$(cut -d' ' -f1 /proc/loadavg)" "${*:1:3}" >>"$RESULTS/load.txt"
   "$@"
 }
 
@@ -164,7 +167,7 @@ step_source() {
       echo "llama.cpp vendored in $top (PyPI sdist)" >"$SRC.part/.ergo-bench-source"
       ;;
     *)
-      git --git-dir="$LLAMA_SRC" rev-parse --verify -q "$LLAMA_REF^{commit}" >/dev/null ||
+      git --git-dir="$LLAMA_SRC" rev-parse --verify -q "$LLAMA_REF^{commit}" >/dev/null 2>&1 ||
         die "LLAMA_SRC=$LLAMA_SRC is neither a llama.cpp work tree nor a git dir with $LLAMA_REF"
       local commit; commit=$(git --git-dir="$LLAMA_SRC" rev-parse "$LLAMA_REF^{commit}")
       log "source: git archive $commit from $LLAMA_SRC"
@@ -500,6 +503,9 @@ print(f"llama.cpp tg{gen} from an empty context (not in the ratio): {tg}.")
 for n in sorted(notes): print(f"Note: {n}.")
 print("Ratios are ergo's speed over llama.cpp's (tokens/s over tokens/s; for vision, llama.cpp's ms over ergo's): above 1 ergo is faster.")
 PY
+    echo
+    echo "1-minute load average at the start of each run (load.txt): $(awk '{ print $2 }' "$RESULTS/load.txt" |
+      sort -n | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo " to " hi }')"
     echo
     echo "Commands (in the order run; raw logs and JSON beside this file):"
     echo
